@@ -1,0 +1,39 @@
+"""The `neuroscan` command: one Typer app.
+
+Each group of commands lives in its own module; those modules import heavy libraries
+(TensorFlow, uvicorn, Celery) inside the command functions, so `neuroscan --help` and the
+API-side commands stay fast and TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli import client, model, service
+
+app = typer.Typer(
+    name="neuroscan",
+    help="NeuroScan: explainable brain-MRI tumour triage (research use only).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+# Service: run the system.
+app.command("serve")(service.serve)
+app.command("api")(service.api)
+app.command("worker")(service.worker)
+app.command("migrate")(service.migrate)
+app.add_typer(service.keys_app, name="keys")
+
+# Model: data, training, evaluation, offline prediction.
+app.command("synth")(model.synth)
+app.command("train")(model.train)
+app.command("evaluate")(model.evaluate)
+app.command("predict")(model.predict)
+
+# Client: talk to a running service.
+app.command("submit")(client.submit)
+
+
+if __name__ == "__main__":
+    app()

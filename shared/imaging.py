@@ -1,0 +1,144 @@
+"""Decode uploads (PNG, JPEG, DICOM), told apart by their magic bytes, and check them.
+
+The API calls `decode_and_check` before it accepts a file; the worker and the offline
+`predict` command call `decode_image` again on the stored bytes. NumPy, Pillow and pydicom
+only: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from shared import errors
+from shared.errors import InputError
+from shared.settings import Settings, get_settings
+
+ImageFormat = Literal["png", "jpeg", "dicom"]
+
+# Pillow refuses images above this many pixels (decompression bombs); our own limit is lower.
+Image.MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels ready for preprocessing plus what we learned while decoding.
+
+    `pixels` is float32 in [0, 1]: HxW for grayscale, HxWx3 for colour (kept, so the input
+    gate can tell colour photographs from MRI)."""
+
+    pixels: np.ndarray
+    format: ImageFormat
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def is_color(self) -> bool:
+        return self.pixels.ndim == 3
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """The format by magic bytes alone (never by file name or declared content type)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    # DICOM Part 10: a 128-byte preamble, then "DICM".
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def decode_image(data: bytes, *, frame: int | None = None) -> DecodedImage:
+    """Bytes -> DecodedImage, or InputError with a precise code."""
+    if not data:
+        raise InputError("The file is empty.", code=errors.EMPTY_FILE)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise InputError(
+            "Unsupported file type: send a PNG, JPEG or DICOM image.",
+            code=errors.UNSUPPORTED_TYPE,
+            http_status=415,
+        )
+    if fmt == "dicom":
+        from shared.dicom import decode_dicom  # pydicom is only loaded when needed
+
+        return decode_dicom(data, frame=frame)
+    return _decode_raster(data, fmt)
+
+
+def _decode_raster(data: bytes, fmt: ImageFormat) -> DecodedImage:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float32)
+                peak = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+                pixels = arr / peak
+            elif mode in ("L", "LA", "P", "1") and not _palette_is_colour(img):
+                pixels = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            else:
+                pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+                if _is_gray_rgb(pixels):
+                    pixels = pixels[..., 0]
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"The {fmt.upper()} file could not be decoded: {exc}.",
+                         code=errors.UNDECODABLE) from exc
+    return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, meta={"mode": mode})
+
+
+def _palette_is_colour(img: Image.Image) -> bool:
+    if img.mode != "P":
+        return False
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    return not _is_gray_rgb(rgb)
+
+
+def _is_gray_rgb(rgb: np.ndarray) -> bool:
+    """True when the three channels are (nearly) equal: a grayscale scan saved as RGB."""
+    spread = np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])
+    tol = 3.0 / 255.0 if rgb.dtype.kind == "f" else 3
+    return bool(np.mean(spread > tol) < 0.01)
+
+
+def check_dimensions(img: DecodedImage, settings: Settings | None = None) -> None:
+    """Refuse images too small to read, too large to process, or absurdly elongated."""
+    s = settings or get_settings()
+    short, long_ = sorted((img.height, img.width))
+    if short < s.min_image_side:
+        raise InputError(
+            f"The image is {img.width}x{img.height} pixels; each side must be at least "
+            f"{s.min_image_side}.", code=errors.IMAGE_TOO_SMALL)
+    if long_ > s.max_image_side:
+        raise InputError(
+            f"The image is {img.width}x{img.height} pixels; no side may exceed {s.max_image_side}.",
+            code=errors.IMAGE_TOO_LARGE)
+    if long_ / short > s.max_aspect_ratio:
+        raise InputError(
+            f"The image is {img.width}x{img.height} pixels, an aspect ratio above "
+            f"{s.max_aspect_ratio:g}:1; MRI slices are close to square.", code=errors.BAD_ASPECT_RATIO)
+
+
+def decode_and_check(data: bytes, *, frame: int | None = None,
+                     settings: Settings | None = None) -> DecodedImage:
+    """Everything the API checks before it accepts an upload (size is checked while streaming)."""
+    s = settings or get_settings()
+    if len(data) > s.max_upload_bytes:
+        raise InputError(
+            f"The file is {len(data)} bytes; the limit is {s.max_upload_bytes}.",
+            code=errors.FILE_TOO_LARGE, http_status=413)
+    img = decode_image(data, frame=frame)
+    check_dimensions(img, s)
+    return img

@@ -1,0 +1,137 @@
+"""All configuration, read once from the environment by one pydantic-settings class.
+
+Nothing else in the code base reads `os.environ` for configuration: call `get_settings()`.
+Defaults are the embedded deployment (`make run`): SQLite for data, kombu's SQLAlchemy
+transport on SQLite as the broker, local disk for images.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlparse
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # --- data and queue -------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///./var/neuroscan.db"
+    broker_url: str = "sqla+sqlite:///./var/broker.db"
+    var_dir: Path = Path("./var")
+
+    # --- storage ----------------------------------------------------------------------
+    cloudinary_url: str | None = None
+    cloudinary_cloud_name: str | None = None
+    cloudinary_api_key: str | None = None
+    cloudinary_api_secret: str | None = None
+    # Where the SDK sends API calls; tests point it at a local stand-in server.
+    cloudinary_upload_prefix: str | None = None
+    media_dir: Path = Path("./var/media")
+    signed_url_ttl_s: int = Field(default=3600, ge=60)
+    # Signs local media links and other tokens; must be set in production.
+    secret_key: str = "dev-secret-change-me"
+
+    # --- HTTP ---------------------------------------------------------------------------
+    port: int = 8000
+    host: str = "127.0.0.1"
+    public_base_url: str | None = None
+    cors_origins: list[str] = []
+
+    # --- upload checks ------------------------------------------------------------------
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_batch_files: int = Field(default=1000, ge=1)
+    min_image_side: int = Field(default=64, ge=8)
+    max_image_side: int = Field(default=8192, ge=64)
+    max_aspect_ratio: float = Field(default=4.0, ge=1.0)
+
+    # --- DICOM and de-identification ----------------------------------------------------
+    allowed_modalities: list[str] = ["MR"]
+    allow_burned_in_annotation: bool = False
+
+    # --- model and worker ---------------------------------------------------------------
+    model_dir: Path = Path("./models")
+    model_name: str = "neuroscan-cnn"
+    worker_batch_size: int = Field(default=16, ge=1, le=256)
+    worker_prefetch_multiplier: int = Field(default=1, ge=1)
+    worker_concurrency: int = Field(default=1, ge=1)
+    task_max_retries: int = Field(default=5, ge=0)
+    # With the Redis broker an unacknowledged (acks_late) task is redelivered after this.
+    broker_visibility_timeout_s: int = Field(default=3600, ge=60)
+
+    # --- webhooks -----------------------------------------------------------------------
+    webhook_secret: str | None = None
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = Field(default=6, ge=1)
+
+    # --- operations ---------------------------------------------------------------------
+    flower_user: str = "admin"
+    flower_password: str = "change-me"
+    flower_port: int = 5555
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets_in_production(self) -> Settings:
+        if self.environment == "production" and self.secret_key in _PLACEHOLDER_SECRETS:
+            raise ValueError("SECRET_KEY must be set to a real secret when ENVIRONMENT=production")
+        return self
+
+    # --- derived values -----------------------------------------------------------------
+    @property
+    def async_database_url(self) -> str:
+        """The URL for SQLAlchemy's asyncio engine (asyncpg or aiosqlite)."""
+        return _with_driver(self.database_url, asyncio=True)
+
+    @property
+    def sync_database_url(self) -> str:
+        """The URL for a synchronous engine (psycopg or sqlite3): worker, Alembic, CLI."""
+        return _with_driver(self.database_url, asyncio=False)
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def cloudinary(self) -> dict[str, str] | None:
+        """Cloud name, key and secret, from CLOUDINARY_URL or the three names; None = local disk."""
+        if self.cloudinary_url:
+            parsed = urlparse(self.cloudinary_url)
+            if parsed.scheme != "cloudinary" or not (parsed.hostname and parsed.username and parsed.password):
+                raise ValueError("CLOUDINARY_URL must look like cloudinary://KEY:SECRET@CLOUD_NAME")
+            extra = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+            return {"cloud_name": parsed.hostname, "api_key": parsed.username,
+                    "api_secret": parsed.password, **extra}
+        names = (self.cloudinary_cloud_name, self.cloudinary_api_key, self.cloudinary_api_secret)
+        if all(names):
+            return {"cloud_name": names[0], "api_key": names[1], "api_secret": names[2]}  # type: ignore[dict-item]
+        if any(names):
+            raise ValueError("set all three of CLOUDINARY_CLOUD_NAME, CLOUDINARY_API_KEY, CLOUDINARY_API_SECRET")
+        return None
+
+
+def _with_driver(url: str, *, asyncio: bool) -> str:
+    """Accept plain `postgresql://` URLs (as Supabase and most hosts give them) and pick our driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"DATABASE_URL is not a URL: {url!r}")
+    base = scheme.split("+", 1)[0]
+    if base in ("postgres", "postgresql"):
+        return f"postgresql+{'asyncpg' if asyncio else 'psycopg'}://{rest}"
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}" if asyncio else f"sqlite://{rest}"
+    raise ValueError(f"unsupported database scheme {scheme!r}; use postgresql:// or sqlite://")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
