@@ -1,0 +1,95 @@
+"""Model commands: synthesise data, train, evaluate, predict offline.
+
+Each function imports TensorFlow and friends inside its body, so `neuroscan --help` and the
+API-side commands never pay for (or depend on) the model stack.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Output folder (Kaggle layout + masks/ + manifest.json).")],
+    n: Annotated[int, typer.Option(help="Number of images.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same images.")] = 1,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Generate synthetic brain MRI slices with lesion masks (research data)."""
+    from research.synth.generate import generate_dataset
+
+    generate_dataset(out, n, seed, size=size, workers=workers, progress=True)
+    typer.echo(f"wrote {n} images to {out}")
+
+
+def train(
+    data: Annotated[Path, typer.Option(help="Training folder in the Kaggle layout (glioma/ meningioma/ notumor/ pituitary/).")],
+    out: Annotated[Path, typer.Option("--out", "--model-dir", help="Where to write <name>.weights.h5 and its card.")] = Path("models"),
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    val_fraction: Annotated[float, typer.Option(help="Share of the data held out for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed for the split, augmentation and initialisation.")] = 1,
+    input_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 128,
+    name: Annotated[str, typer.Option(help="Model name (file stem).")] = "neuroscan-cnn",
+    tiny: Annotated[bool, typer.Option(help="Use the tiny test architecture.")] = False,
+    time_budget_min: Annotated[float, typer.Option(help="Stop after this many minutes of training.")] = 0.0,
+) -> None:
+    """Train the CNN on a folder of images; writes weights + model card (with temperature)."""
+    from research.train import TrainOptions, train_model
+
+    opts = TrainOptions(data=data, out=out, epochs=epochs, batch_size=batch_size,
+                        val_fraction=val_fraction, seed=seed, input_size=input_size,
+                        name=name, tiny=tiny, time_budget_s=time_budget_min * 60 or None)
+    path = train_model(opts)
+    typer.echo(f"saved {path}")
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Test folder in the Kaggle layout (masks/ optional).")],
+    model_dir: Annotated[Path, typer.Option(help="Folder with the weights and card.")] = Path("models"),
+    out: Annotated[Path | None, typer.Option(help="Report stem: writes <out>.json and <out>.md.")] = None,
+    name: Annotated[str, typer.Option(help="Model name.")] = "neuroscan-cnn",
+    update_card: Annotated[bool, typer.Option(help="Store the metrics in the model card.")] = False,
+) -> None:
+    """Accuracy, per-class metrics, ROC-AUC, calibration, Grad-CAM localisation, gate rates."""
+    from research.evaluate import evaluate_folder, write_reports
+
+    report = evaluate_folder(data, model_dir, name=name, update_card=update_card)
+    stem = out or (model_dir / f"{name}.eval")
+    write_reports(report, stem)
+    typer.echo(json.dumps(report["summary"], indent=2))
+
+
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
+    model_dir: Annotated[Path | None, typer.Option(help="Folder with the weights and card (default: settings).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: settings).")] = None,
+) -> None:
+    """Classify files offline (no server): one JSON object per line."""
+    from shared.errors import InputError
+    from shared.imaging import decode_image
+    from shared.settings import get_settings
+    from worker.inference import analyse
+    from worker.model import load_model
+
+    settings = get_settings()
+    model = load_model(model_dir or settings.model_dir, name or settings.model_name)
+    for path in files:
+        record: dict[str, object] = {"file": str(path)}
+        try:
+            (result,) = analyse([decode_image(path.read_bytes())], model)
+        except (InputError, OSError) as exc:
+            code = getattr(exc, "code", "unreadable_file")
+            record.update(label=None, confidence=None, probabilities=None,
+                          error={"code": code, "message": str(exc)})
+        else:
+            record.update(label=result.label, confidence=result.confidence,
+                          probabilities=result.probabilities,
+                          gate={"accepted": result.gate.accepted, "code": result.gate.code,
+                                "reason": result.gate.reason})
+        typer.echo(json.dumps(record))
