@@ -1,0 +1,151 @@
+"""The driver: one sample from an rng, and a whole dataset in the Kaggle folder layout."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import lesions as L
+from .anatomy import load_anatomy
+from .framing import make_frame, sample_points, sample_view
+from .render import blend_lesion, degrade, jpeg, render_tissues, sample_contrast
+from .structures import add_bright_structures, vary_anatomy
+
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+GENERATOR_VERSION = "1.0"
+_MAX_TRIES = 60
+
+
+def _frame_with_lesion(rng, anat, label, size):
+    """Draw views from the shared distribution until the lesion (if any) can be placed.
+    For pituitary this is the shared distribution conditioned on cutting the tumour."""
+    parts = L.pituitary_geometry(rng) if label == "pituitary" else None
+    for _ in range(_MAX_TRIES):
+        view = sample_view(rng)
+        frame = make_frame(rng, anat, view, size)
+        labels = sample_points(anat, frame.coords)
+        les, sections = None, None
+        if label == "glioma":
+            les = L.plan_glioma(rng, labels, frame.mm_per_px)
+        elif label == "meningioma":
+            les = L.plan_meningioma(rng, labels, frame.coords, frame.mm_per_px)
+        elif label == "pituitary":
+            sections = L.pituitary_sections(frame.coords, parts, frame.mm_per_px)
+            if sections:
+                r, c, rad = max(sections, key=lambda s: s[2])
+                les = L.Lesion("pituitary", (r, c), rad, rng.uniform(0.1, 0.4))
+        if label == "notumor" or les is not None:
+            return view, frame, labels, les, sections
+    raise RuntimeError(f"could not place a {label} lesion in {_MAX_TRIES} views")
+
+
+def render_sample(rng: np.random.Generator, label: str, size: int = 256) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One image (uint8 HxW), its lesion mask (bool HxW), metadata."""
+    if label not in CLASSES:
+        raise ValueError(f"unknown label {label!r}; expected one of {CLASSES}")
+    anat = load_anatomy()
+    for _ in range(_MAX_TRIES):
+        out = _compose(rng, anat, label, size)
+        if out is not None:
+            img, mask, meta = out
+            return jpeg(rng, degrade(rng, img)), mask, meta
+    raise RuntimeError(f"could not render a visible {label} lesion")
+
+
+def _compose(rng, anat, label, size):
+    """Anatomy + bright structures + lesion, rendered; None when the lesion came out
+    too small to see (the caller retries with the same rng stream)."""
+    view, frame, labels, les, sections = _frame_with_lesion(rng, anat, label, size)
+    coords = frame.coords
+    if les is not None:  # mass effect: resample the grid, then the anatomy, around the lesion
+        coords = L.mass_effect(coords, les.center, les.radius, les.push)
+        labels = sample_points(anat, coords)
+    labels = vary_anatomy(rng, labels, frame.mm_per_px)
+    labels = add_bright_structures(rng, labels, coords, frame.mm_per_px, label)
+    t1 = sample_points(anat, coords, order=1)
+    contrast, mu, roles = sample_contrast(rng, label)
+    img = render_tissues(rng, labels, t1, mu)
+    mask = np.zeros(labels.shape, bool)
+    meta: dict = {"plane": view.plane, "slice_mm": round(view.offset_mm, 2), "contrast": contrast,
+                  "mm_per_px": round(frame.mm_per_px, 4)}
+    if les is not None:
+        # Mass effect is centred on the lesion, so the planned sections stay where they were.
+        les = L.draw(rng, les, labels, sections=sections)
+        if les.mask.sum() < max(4, (size / 64) ** 2 * 3):
+            return None
+        img = blend_lesion(rng, img, les.layers, roles)
+        mask = les.mask
+        meta.update(les.info)
+        meta["lesion_px"] = int(mask.sum())
+    return img, mask, meta
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """Each image's generator depends only on (seed, index): worker count is irrelevant."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+def class_schedule(n_images: int, seed: int) -> list[str]:
+    """Balanced labels (counts differ by at most one), shuffled by the seed."""
+    labels = [CLASSES[i % len(CLASSES)] for i in range(n_images)]
+    order = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED])).permutation(n_images)
+    return [labels[i] for i in order]
+
+
+def _write_one(job: tuple[Path, int, int, str, int]) -> dict:
+    out_dir, seed, index, label, size = job
+    img, mask, meta = render_sample(sample_rng(seed, index), label, size)
+    sid = f"{index:06d}"
+    path = Path(label) / f"{sid}.png"
+    mpath = Path("masks") / label / f"{sid}.png"
+    Image.fromarray(img).save(out_dir / path, optimize=False, compress_level=6)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / mpath, compress_level=6)
+    return {"id": sid, "label": label, "path": path.as_posix(), "mask": mpath.as_posix(),
+            "plane": meta["plane"], "slice_mm": meta["slice_mm"], "seed": seed, "meta": meta}
+
+
+def _init_worker() -> None:
+    load_anatomy()  # map the cached volumes once per process
+
+
+def generate_dataset(out_dir: Path, n_images: int, seed: int, size: int = 256, workers: int = 2,
+                     progress: bool = True) -> Path:
+    """Writes out_dir/{glioma,meningioma,notumor,pituitary}/<id>.png (8-bit grayscale, size x size),
+    out_dir/masks/<class>/<id>.png (8-bit 0/255 lesion mask, all-zero for notumor) and out_dir/manifest.json
+    (list of {"id","label","path","mask","plane","slice_mm","seed"} plus generator version/params). Balanced classes.
+    Deterministic: same (n_images, seed, size) => byte-identical PNGs regardless of workers. Returns manifest path."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    for c in CLASSES:
+        (out_dir / c).mkdir(parents=True, exist_ok=True)
+        (out_dir / "masks" / c).mkdir(parents=True, exist_ok=True)
+    load_anatomy()  # build the cache once, before workers race for it
+    jobs = [(out_dir, seed, i, lab, size) for i, lab in enumerate(class_schedule(n_images, seed))]
+    bar = tqdm(total=n_images, desc="synth", unit="img", disable=not progress)
+    records: list[dict] = []
+    if workers <= 1:
+        for job in jobs:
+            records.append(_write_one(job))
+            bar.update()
+    else:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        with ctx.Pool(workers, initializer=_init_worker) as pool:
+            for rec in pool.imap(_write_one, jobs, chunksize=8):
+                records.append(rec)
+                bar.update()
+    bar.close()
+    manifest = {
+        "generator": "research.synth", "version": GENERATOR_VERSION, "classes": list(CLASSES),
+        "params": {"n_images": n_images, "seed": seed, "size": size},
+        "mask_definition": "tumour only: glioma enhancing rim + necrotic core (or the whole "
+                           "non-enhancing mass); oedema and meningioma dural tail excluded",
+        "images": records,
+    }
+    path = out_dir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=1))
+    return path

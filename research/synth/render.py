@@ -1,0 +1,123 @@
+"""Label map -> MRI-looking image, with SynthSeg-style domain randomisation.
+
+Contrasts are drawn around T1, contrast-enhanced T1, T2 and FLAIR looks (plus some
+fully random ones); tissue boundaries are soft (blurring the label-wise intensity image
+equals blurring the one-hot maps before mixing) and carry fine correlated texture.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+from .anatomy import N_TISSUES
+from .framing import smooth_field
+from .lesions import ROLES
+
+#          bg   csf  vent gm   wm   ecsf bone soft fat  eye  vessel
+_PRESETS = {
+    "t1c": ([0.0, .10, .10, .40, .50, .10, .05, .36, .85, .12, .85],
+            {"oedema": .32, "nonenh": .30, "enh": .82, "necrosis": .12, "menin": .78, "pit": .55}),
+    "t1": ([0.0, .10, .10, .42, .58, .10, .05, .36, .85, .12, .22],
+           {"oedema": .34, "nonenh": .33, "enh": .45, "necrosis": .14, "menin": .44, "pit": .43}),
+    "t2": ([0.0, .90, .92, .55, .40, .90, .05, .30, .62, .90, .06],
+           {"oedema": .78, "nonenh": .72, "enh": .58, "necrosis": .88, "menin": .56, "pit": .55}),
+    "flair": ([0.0, .08, .08, .56, .44, .08, .05, .32, .60, .10, .10],
+              {"oedema": .80, "nonenh": .76, "enh": .66, "necrosis": .30, "menin": .60, "pit": .56}),
+}
+PRESET_NAMES = ("t1c", "t1", "t2", "flair")
+PRESET_P = (0.45, 0.15, 0.25, 0.15)  # the target data are mostly post-contrast T1
+# Lesion roles are compared against these tissues to keep the tumour visible.
+_REFERENCE = {"oedema": 4, "nonenh": 4, "enh": 4, "necrosis": 4, "menin": 3, "pit": 3}
+
+
+def sample_contrast(rng: np.random.Generator, kind: str) -> tuple[str, np.ndarray, dict]:
+    """Per-tissue and per-lesion-role mean intensities for one image."""
+    if rng.random() < 0.15:
+        name = "random"
+        mu = rng.uniform(0.05, 1.0, N_TISSUES)
+        mu[0] = rng.uniform(0.0, 0.08)
+        roles = {r: float(rng.uniform(0.05, 1.0)) for r in ROLES}
+    else:
+        name = PRESET_NAMES[rng.choice(4, p=PRESET_P)]
+        base, rl = _PRESETS[name]
+        mu = np.clip(np.array(base) + rng.normal(0, 0.05, N_TISSUES), 0.0, 1.0)
+        mu[0] = rng.uniform(0.0, 0.04)
+        # Grey/white contrast is often low on post-contrast scans: shrink it at random.
+        mid = (mu[3] + mu[4]) / 2
+        k = rng.uniform(0.3, 1.1)
+        mu[3], mu[4] = mid + (mu[3] - mid) * k, mid + (mu[4] - mid) * k
+        mu[[2, 5]] = mu[1] + rng.normal(0, 0.02, 2)
+        roles = {r: float(np.clip(v + rng.normal(0, 0.07), 0.02, 1.0)) for r, v in rl.items()}
+        if kind == "pituitary" and rng.random() < 0.3:  # sometimes avidly enhancing
+            roles["pit"] = float(np.clip(roles["pit"] + 0.2, 0, 1))
+    for r, ref in _REFERENCE.items():  # a tumour that matches its surroundings is label noise
+        if r in ("oedema", "necrosis"):
+            continue
+        gap = roles[r] - mu[ref]
+        if abs(gap) < 0.14:
+            roles[r] = float(np.clip(mu[ref] + (0.14 if gap >= 0 else -0.14), 0.02, 1.0))
+            if abs(roles[r] - mu[ref]) < 0.13:
+                roles[r] = float(mu[ref] + 0.14 if mu[ref] < 0.8 else mu[ref] - 0.14)
+    return name, mu, roles
+
+
+def render_tissues(rng, labels, t1, mu) -> np.ndarray:
+    """Partial-volume tissue image with per-tissue correlated texture and T1 detail."""
+    shape = labels.shape
+    img = mu[labels].astype(np.float32)
+    sigma_tex = rng.uniform(0.02, 0.09, N_TISSUES).astype(np.float32)
+    fine = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), rng.uniform(0.7, 1.6))
+    fine /= fine.std() + 1e-6
+    coarse = smooth_field(rng, shape, 24)[0]
+    tex = 0.7 * fine + 0.5 * coarse
+    img *= 1.0 + sigma_tex[labels] * tex
+    # Within-tissue detail of the real T1 (deep nuclei, partial volume), signed like GM/WM.
+    t1f = ndi.gaussian_filter(t1.astype(np.float32) / 255.0, 0.6)
+    t1_means = np.array([0, .15, .15, .33, .45, .1, .1, .3, .6, .15, .5], np.float32)
+    resid = np.clip(t1f - t1_means[labels], -0.15, 0.15)
+    img += rng.uniform(0.2, 0.7) * np.sign(mu[4] - mu[3] + 1e-3) * resid * (labels > 0)
+    return ndi.gaussian_filter(img, rng.uniform(0.5, 1.2))
+
+
+def blend_lesion(rng, img, layers, roles) -> np.ndarray:
+    """Blend the tumour's soft layers over the tissue image, each with its own texture."""
+    for role, alpha in layers:
+        tex = smooth_field(rng, img.shape, int(rng.integers(12, 40)))[0]
+        val = roles[role] * (1.0 + rng.uniform(0.02, 0.12) * tex)
+        img = img * (1.0 - alpha) + alpha * val
+    return img
+
+
+def degrade(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Acquisition effects: slice thickness, resolution, bias, gamma, Rician noise, window."""
+    if rng.random() < 0.5:  # thick slices / anisotropic resolution along one in-plane axis
+        s = [rng.uniform(0.0, 0.5), rng.uniform(0.0, 0.5)]
+        s[int(rng.integers(2))] = rng.uniform(0.8, 2.5)
+        img = ndi.gaussian_filter(img, s)
+    if rng.random() < 0.25:  # low acquisition matrix, upsampled
+        f = rng.uniform(0.45, 0.8)
+        small = ndi.zoom(img, f, order=1)
+        img = ndi.zoom(small, np.array(img.shape) / np.array(small.shape), order=1)
+    bias = np.exp(smooth_field(rng, img.shape, 4)[0] * rng.uniform(0.0, 0.25))
+    img = np.clip(img * bias, 0, None)
+    img = np.power(img / (img.max() + 1e-6), np.exp(rng.normal(0.0, 0.25)))
+    sd = rng.uniform(0.004, 0.045)
+    n = rng.standard_normal((2,) + img.shape).astype(np.float32) * sd
+    img = np.sqrt((img + n[0]) ** 2 + n[1] ** 2)
+    hi = np.percentile(img, rng.uniform(99.0, 99.95)) * rng.uniform(0.85, 1.1)
+    lo = rng.uniform(0.0, 0.03) * hi
+    out = np.clip((img - lo) / (hi - lo + 1e-6), 0, 1)
+    return (out * 255 + 0.5).astype(np.uint8)
+
+
+def jpeg(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Random JPEG re-compression (many public MRI sets went through it)."""
+    if rng.random() >= 0.4:
+        return img
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(rng.integers(25, 92)))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
