@@ -121,14 +121,14 @@ def make_frame(rng: np.random.Generator, anat: Anatomy, view: View, size: int) -
     u0, u1, v0, v1 = _head_extent(anat, view, u, v, origin)
     width, height = u1 - u0, v1 - v0
     cu, cv = (u0 + u1) / 2, (v0 + v1) / 2
-    fill = rng.uniform(0.9, 1.0)
+    fill = rng.uniform(0.88, 0.98)
     if view.plane == "axial":
         fov = max(width, height) / fill
     else:
         # Coronal/sagittal: fit the width, hang the frame from the top of the head and let
         # face and neck run off the bottom edge (never further than just below the cut).
         fov = width / fill
-        top = v0 - rng.uniform(0.0, 0.06) * fov  # v points down: v0 is the top of the head
+        top = v0 - rng.uniform(0.03, 0.09) * fov  # v points down: v0 is the top of the head
         # v = origin_z - z, so the bottom edge (top + fov) must stay above z = -4.
         fov = min(fov, origin[2] + 4.0 - top)
         cv = top + fov / 2
@@ -137,8 +137,8 @@ def make_frame(rng: np.random.Generator, anat: Anatomy, view: View, size: int) -
     center = origin + u * cu + v * cv
     # Anisotropic head shape / pixel aspect, in-plane rotation, tilt and flips.
     aspect = np.exp(rng.normal(0, 0.06))
-    theta = np.deg2rad(rng.normal(0, 6.0))
-    rot = _rotation(rng, 7.0)
+    theta = np.deg2rad(rng.normal(0, 4.0))
+    rot = _rotation(rng, 6.0)
     u, v = rot @ u, rot @ v
     cu_, su = np.cos(theta), np.sin(theta)
     u, v = cu_ * u + su * v, -su * u + cu_ * v

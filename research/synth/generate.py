@@ -64,11 +64,13 @@ def _compose(rng, anat, label, size):
     if les is not None:  # mass effect: resample the grid, then the anatomy, around the lesion
         coords = L.mass_effect(coords, les.center, les.radius, les.push)
         labels = sample_points(anat, coords)
+    base = labels
     labels = vary_anatomy(rng, labels, frame.mm_per_px)
     labels = add_bright_structures(rng, labels, coords, frame.mm_per_px, label)
     t1 = sample_points(anat, coords, order=1)
     contrast, mu, roles = sample_contrast(rng, label)
-    img = render_tissues(rng, labels, t1, mu)
+    native = (labels == base) & np.isin(labels, L.BRAIN)
+    img = render_tissues(rng, labels, t1, mu, native, coords[2])
     mask = np.zeros(labels.shape, bool)
     meta: dict = {"plane": view.plane, "slice_mm": round(view.offset_mm, 2), "contrast": contrast,
                   "mm_per_px": round(frame.mm_per_px, 4)}

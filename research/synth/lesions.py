@@ -102,9 +102,9 @@ def plan_meningioma(rng, labels, coords, mm_px) -> Lesion | None:
 
 def pituitary_geometry(rng) -> list[tuple[np.ndarray, float]]:
     """3-D spheres (centre voxel, radius mm): sellar part plus optional suprasellar lobe."""
-    r1 = rng.uniform(5.0, 11.0)
+    r1 = rng.uniform(6.0, 13.0)
     parts = [(SELLA + rng.normal(0, 1.0, 3), r1)]
-    if rng.random() < 0.6:  # macroadenoma growing up through the diaphragma ("snowman")
+    if rng.random() < 0.7:  # macroadenoma growing up through the diaphragma ("snowman")
         h = rng.uniform(6.0, 16.0)
         parts.append((SELLA + np.array([0, 1.0, h]), rng.uniform(0.6, 1.0) * r1))
     return parts

@@ -36,7 +36,7 @@ _REFERENCE = {"oedema": 4, "nonenh": 4, "enh": 4, "necrosis": 4, "menin": 3, "pi
 
 def sample_contrast(rng: np.random.Generator, kind: str) -> tuple[str, np.ndarray, dict]:
     """Per-tissue and per-lesion-role mean intensities for one image."""
-    if rng.random() < 0.15:
+    if rng.random() < 0.08:
         name = "random"
         mu = rng.uniform(0.05, 1.0, N_TISSUES)
         mu[0] = rng.uniform(0.0, 0.08)
@@ -65,22 +65,32 @@ def sample_contrast(rng: np.random.Generator, kind: str) -> tuple[str, np.ndarra
     return name, mu, roles
 
 
-def render_tissues(rng, labels, t1, mu) -> np.ndarray:
-    """Partial-volume tissue image with per-tissue correlated texture and T1 detail."""
+# T1 (0..255) of CSF, GM and WM in the template, where the brain's transfer curve bends.
+_T1_KNOTS = np.array([0.0, 38.0, 84.0, 110.0, 160.0], np.float32)
+_T1_MEANS = np.array([0, 46, 39, 83, 109, 27, 26, 75, 155, 38, 128], np.float32) / 255.0
+
+
+def render_tissues(rng, labels, t1, mu, native, z) -> np.ndarray:
+    """Tissue image with partial volume, per-tissue correlated texture and real detail.
+
+    Where the brain is untouched (``native``), intensities come from the template's own T1
+    through a random piecewise-linear transfer curve pinned at the CSF/GM/WM means: this
+    keeps the real partial volume and fine anatomy instead of flat label patches.
+    Elsewhere the label's mean is used, with the T1's within-tissue detail added."""
     shape = labels.shape
-    img = mu[labels].astype(np.float32)
-    sigma_tex = rng.uniform(0.02, 0.09, N_TISSUES).astype(np.float32)
+    knots_out = np.array([mu[1], mu[1], mu[3], mu[4], mu[4] + 0.5 * (mu[4] - mu[3])], np.float32)
+    t1f = t1.astype(np.float32)
+    img = np.where(native, np.interp(t1f, _T1_KNOTS, knots_out).astype(np.float32), mu[labels])
+    resid = np.clip(t1f / 255.0 - _T1_MEANS[labels], -0.15, 0.15)
+    img += rng.uniform(0.1, 0.5) * resid * (~native & (labels > 0))
+    sigma_tex = rng.uniform(0.02, 0.08, N_TISSUES).astype(np.float32)
     fine = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), rng.uniform(0.7, 1.6))
     fine /= fine.std() + 1e-6
-    coarse = smooth_field(rng, shape, 24)[0]
-    tex = 0.7 * fine + 0.5 * coarse
+    tex = 0.7 * fine + 0.5 * smooth_field(rng, shape, 24)[0]
     img *= 1.0 + sigma_tex[labels] * tex
-    # Within-tissue detail of the real T1 (deep nuclei, partial volume), signed like GM/WM.
-    t1f = ndi.gaussian_filter(t1.astype(np.float32) / 255.0, 0.6)
-    t1_means = np.array([0, .15, .15, .33, .45, .1, .1, .3, .6, .15, .5], np.float32)
-    resid = np.clip(t1f - t1_means[labels], -0.15, 0.15)
-    img += rng.uniform(0.2, 0.7) * np.sign(mu[4] - mu[3] + 1e-3) * resid * (labels > 0)
-    return ndi.gaussian_filter(img, rng.uniform(0.5, 1.2))
+    # Receive-coil fall-off towards the neck (also hides the extruded template end).
+    img *= np.clip((z + 20.0) / 40.0, 0.2, 1.0)
+    return ndi.gaussian_filter(img, rng.uniform(0.4, 1.0))
 
 
 def blend_lesion(rng, img, layers, roles) -> np.ndarray:

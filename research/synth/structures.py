@@ -31,7 +31,7 @@ def vary_anatomy(rng: np.random.Generator, labels: np.ndarray, mm_px: float) -> 
 
 def _curve(rng: np.random.Generator, start, length: int, step: float) -> np.ndarray:
     """A smooth random walk (a vessel's course), as (n, 2) points."""
-    ang = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.25, length))
+    ang = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.12, length))
     pts = np.cumsum(np.stack([np.sin(ang), np.cos(ang)], 1) * step, 0) + np.asarray(start)
     return pts
 
