@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     # --- data and queue -------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./var/neuroscan.db"
     broker_url: str = "sqla+sqlite:///./var/broker.db"
+    # The Celery queue the API sends to and workers consume (separate stacks can share a Redis).
+    queue_name: str = "neuroscan"
     var_dir: Path = Path("./var")
 
     # --- storage ----------------------------------------------------------------------
