@@ -1,35 +1,206 @@
-"""DICOM decoding (pydicom 3). A first version: uncompressed MR slices.
+"""DICOM decoding (pydicom 3): the checks a hospital upload must pass, then one frame as pixels.
 
-Extended by the hospital-integration work (compressed syntaxes, multi-frame, modality and
-document checks, de-identification lives in shared/deid.py)."""
+Order of checks: readable Part 10 file, not an encapsulated document, modality allowed, no
+burned-in annotation (unless configured), pixel data present, transfer syntax decodable,
+frame in range, dimensions sane. Then the Modality LUT (rescale slope/intercept), the VOI
+window when the file carries one (else a robust min/max), and MONOCHROME1 inversion.
+
+Compressed syntaxes go through pydicom's pixel plugins: Pillow (JPEG baseline/extended 8-bit,
+JPEG 2000), pylibjpeg-openjpeg (JPEG 2000, HTJ2K), pylibjpeg-rle and pydicom itself (RLE),
+GDCM (JPEG lossless process 14, JPEG-LS). All are MIT/BSD/Apache-licensed; the GPL
+pylibjpeg-libjpeg is deliberately not used. Error messages never quote element values (PHI).
+"""
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
 from shared import errors
 from shared.errors import InputError
 from shared.imaging import DecodedImage
+from shared.settings import Settings, get_settings
+
+NO_PIXEL_DATA = "dicom_no_pixel_data"
+UNSUPPORTED_SYNTAX = "dicom_unsupported_transfer_syntax"
+MODALITY_NOT_ALLOWED = "dicom_modality_not_allowed"
+FRAME_OUT_OF_RANGE = "dicom_frame_out_of_range"
+ENCAPSULATED_DOCUMENT = "dicom_encapsulated_document"
+BURNED_IN_ANNOTATION = "dicom_burned_in_annotation"
+
+# Encapsulated PDF, CDA, STL, OBJ and MTL storage: documents, not images.
+_DOCUMENT_SOP_CLASSES = frozenset(f"1.2.840.10008.5.1.4.1.1.104.{n}" for n in range(1, 6))
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def decode_dicom(data: bytes, *, frame: int | None = None) -> DecodedImage:
+def read_dataset(data: bytes) -> Any:
+    """Parse a Part 10 file; InputError (no values quoted) when it is not one."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        return pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types for corrupt files
-        raise InputError(f"The DICOM file could not be read: {exc}.", code=errors.UNDECODABLE) from exc
-    if "PixelData" not in ds:
-        raise InputError("The DICOM file has no pixel data.", code="dicom_no_pixel_data")
-    arr = ds.pixel_array.astype(np.float32)
-    if arr.ndim == 3 and int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        arr = arr[frame if frame is not None else arr.shape[0] // 2]
-    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-    if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        arr = arr.max() - arr
-    lo, hi = float(arr.min()), float(arr.max())
-    pixels = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    return DecodedImage(pixels=pixels.astype(np.float32), format="dicom",
-                        meta={"modality": str(getattr(ds, "Modality", ""))})
+        raise InputError(f"The DICOM file could not be read ({type(exc).__name__}).",
+                         code=errors.UNDECODABLE) from exc
+
+
+def check_dataset(ds: Any, settings: Settings) -> None:
+    """Everything we refuse before touching pixels (shared with de-identification)."""
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    if sop_class in _DOCUMENT_SOP_CLASSES or "EncapsulatedDocument" in ds:
+        raise InputError("The DICOM file is an encapsulated document (for example a PDF), "
+                         "not an image.", code=ENCAPSULATED_DOCUMENT)
+    allowed = [m.upper() for m in settings.allowed_modalities]
+    modality = str(getattr(ds, "Modality", "") or "").upper()
+    if allowed and modality not in allowed:
+        shown = modality if modality.isalnum() and len(modality) <= 4 else "missing"
+        raise InputError(f"The DICOM modality is {shown}; accepted: {', '.join(allowed)}.",
+                         code=MODALITY_NOT_ALLOWED)
+    burned_in = str(getattr(ds, "BurnedInAnnotation", "") or "").upper()
+    if burned_in == "YES" and not settings.allow_burned_in_annotation:
+        raise InputError("The DICOM file declares burned-in annotation (text in the pixels "
+                         "may identify the patient); it is refused.", code=BURNED_IN_ANNOTATION)
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        raise InputError("The DICOM file has no pixel data.", code=NO_PIXEL_DATA)
+
+
+def decode_dicom(data: bytes, *, frame: int | None = None,
+                 settings: Settings | None = None) -> DecodedImage:
+    """One frame of a DICOM file as float32 pixels in [0, 1] (the middle frame by default)."""
+    s = settings or get_settings()
+    ds = read_dataset(data)
+    check_dataset(ds, s)
+    syntax = _check_transfer_syntax(ds)
+    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    index = n_frames // 2 if frame is None else frame
+    if not 0 <= index < n_frames:
+        raise InputError(f"Frame {frame} was asked for; the file has {n_frames} frame(s), "
+                         f"numbered 0 to {n_frames - 1}.", code=FRAME_OUT_OF_RANGE)
+    _check_size(ds, s)
+    arr = _decode_frame(ds, index, n_frames)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if arr.ndim == 3:
+        pixels, windowed = _colour_to_unit(arr, ds), False
+    else:
+        pixels, windowed = _grey_to_unit(arr, ds, index)
+        if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
+            pixels = 1.0 - pixels
+    meta = {"modality": str(getattr(ds, "Modality", "")), "transfer_syntax": syntax,
+            "frames": n_frames, "frame": index, "photometric": photometric,
+            "bits_stored": int(getattr(ds, "BitsStored", 0) or 0), "windowed": windowed}
+    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+                        format="dicom", meta=meta)
+
+
+def _check_transfer_syntax(ds: Any) -> str:
+    from pydicom.pixels import get_decoder
+
+    uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if uid is None:
+        raise InputError("The DICOM file names no transfer syntax.", code=UNSUPPORTED_SYNTAX,
+                         http_status=415)
+    if not uid.is_compressed:
+        return str(uid.name)
+    if uid == "1.2.840.10008.1.2.4.51" and int(getattr(ds, "BitsStored", 8) or 8) > 8:
+        # 12-bit lossy JPEG: only the GPL libjpeg plugin decodes it, and we do not ship that.
+        raise InputError("12-bit JPEG Extended DICOM cannot be decoded here; send uncompressed, "
+                         "RLE, JPEG lossless or JPEG 2000 data.", code=UNSUPPORTED_SYNTAX,
+                         http_status=415)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        raise InputError(f"The DICOM transfer syntax {uid.name} ({uid}) cannot be decoded "
+                         "here; send uncompressed, RLE, JPEG or JPEG 2000 data.",
+                         code=UNSUPPORTED_SYNTAX, http_status=415)
+    return str(uid.name)
+
+
+def _check_size(ds: Any, s: Settings) -> None:
+    # Refuse before decoding: the header alone tells us how much memory the frame would take.
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if max(rows, cols) > s.max_image_side:
+        raise InputError(f"The image is {cols}x{rows} pixels; no side may exceed "
+                         f"{s.max_image_side}.", code=errors.IMAGE_TOO_LARGE)
+
+
+def _decode_frame(ds: Any, index: int, n_frames: int) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut, pixel_array
+
+    try:
+        # Decode only the frame we need: a multi-frame series can be hundreds of slices.
+        arr = pixel_array(ds, index=index if n_frames > 1 else None)
+        if str(getattr(ds, "PhotometricInterpretation", "")) == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+    except Exception as exc:
+        raise InputError(f"The DICOM pixel data could not be decoded ({type(exc).__name__}).",
+                         code=errors.UNDECODABLE) from exc
+    return np.asarray(arr)
+
+
+def _frame_attr(ds: Any, index: int, group_seq: str, keyword: str) -> Any:
+    """Top-level attribute, else the enhanced multi-frame functional groups (per-frame first)."""
+    if keyword in ds:
+        return ds[keyword].value
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        seq = getattr(ds, groups, None)
+        if not seq:
+            continue
+        item = seq[index] if groups.startswith("PerFrame") and index < len(seq) else seq[0]
+        inner = getattr(item, group_seq, None)
+        if inner and keyword in inner[0]:
+            return inner[0][keyword].value
+    return None
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    return None if value is None else float(value)
+
+
+def _grey_to_unit(arr: np.ndarray, ds: Any, index: int) -> tuple[np.ndarray, bool]:
+    values = arr.astype(np.float64)
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    else:
+        slope = _first(_frame_attr(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _first(_frame_attr(ds, index, "PixelValueTransformationSequence",
+                                       "RescaleIntercept"))
+        values = values * (slope if slope else 1.0) + (intercept or 0.0)
+    centre = _first(_frame_attr(ds, index, "FrameVOILUTSequence", "WindowCenter"))
+    width = _first(_frame_attr(ds, index, "FrameVOILUTSequence", "WindowWidth"))
+    if centre is not None and width is not None and width >= 1:
+        function = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        return _window(values, centre, width, function), True
+    # No usable window: stretch between robust extremes so a few hot pixels do not dim the slice.
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros_like(values), False
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0), False
+
+
+def _window(x: np.ndarray, c: float, w: float, function: str) -> np.ndarray:
+    """The VOI LUT functions of PS3.3 C.11.2.1.2, mapped to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+    return np.clip((x - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0) if w > 1 else (x >= c) * 1.0
+
+
+def _colour_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
+    # pydicom already converted YBR to RGB; scale by the stored bit depth.
+    bits = int(getattr(ds, "BitsStored", 8) or 8)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "PALETTE COLOR":
+        bits = 16 if arr.dtype.itemsize > 1 else 8
+    return np.clip(arr.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
