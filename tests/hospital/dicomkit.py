@@ -154,7 +154,7 @@ def planted_phi(ds: Dataset, tag: str = "ZQX") -> dict[str, str]:
     ds.PatientAge = "072Y"  # planted, but too short to be a searchable marker
     put(ds, "MedicalRecordLocator", f"{tag}LOCATOR77")
     put(ds, "EthnicGroup", f"{tag}ETHNIC")
-    put(ds, "Occupation", f"{tag}LIGHTHOUSEKEEPER")
+    put(ds, "Occupation", f"{tag}KEEPER")
     put(ds, "ProtocolName", f"{tag}PROTOCOL FOR DOE")
     uid_marker = "1.2.826.0.1.3680043.9.7777." + "".join(str(ord(c)) for c in tag)
     put(ds, "FrameOfReferenceUID", uid_marker + ".5")
