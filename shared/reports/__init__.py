@@ -1,0 +1,1 @@
+"""Human-readable reports of scans and batches (PDF via reportlab; no TensorFlow)."""

@@ -1,0 +1,51 @@
+"""The model card as the API sees it: plain JSON beside the weights (never TensorFlow here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shared.settings import Settings, get_settings
+
+DISCLAIMER = ("For research use only. Not for diagnostic use. All results must be verified by "
+              "a board-certified radiologist.")
+
+
+def read_model_card(name: str | None = None, settings: Settings | None = None) -> dict[str, Any] | None:
+    """`<MODEL_DIR>/<name>.card.json`, or None when it is missing or unreadable."""
+    s = settings or get_settings()
+    path = Path(s.model_dir) / f"{name or s.model_name}.card.json"
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
+def flat_metrics(card: dict[str, Any] | None, limit: int = 16) -> list[tuple[str, str]]:
+    """The card's metrics as (name, value) rows: numbers only, nested dicts one dot deep each."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, bool) or len(rows) >= limit:
+            return
+        if isinstance(value, (int, float)):
+            rows.append((prefix, f"{value:.4g}" if isinstance(value, float) else str(value)))
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+
+    walk("", (card or {}).get("metrics") or {})
+    return rows
+
+
+def confidence_band(confidence: float | None) -> str:
+    """High (>= 0.90), Review (0.70-0.90), Expert review required (< 0.70)."""
+    if confidence is None:
+        return "Not applicable"
+    if confidence >= 0.90:
+        return "High"
+    if confidence >= 0.70:
+        return "Review"
+    return "Expert review required"
