@@ -23,7 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.states import JobState
 
@@ -139,6 +139,9 @@ class ScanResult(Base):
     patient_ref: Mapped[str | None] = mapped_column(String(128), default=None)
     study_ref: Mapped[str | None] = mapped_column(String(128), default=None)
 
+    # Declared so that one flush inserts a new batch before its scans (never loaded lazily).
+    batch: Mapped[Batch | None] = relationship(lazy="raise")
+
     @property
     def job_state(self) -> JobState:
         return JobState(self.state)
@@ -154,6 +157,9 @@ class ScanUpload(Base):
         ForeignKey("scan_results.id", ondelete="CASCADE"), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     media_type: Mapped[str] = mapped_column(String(100))
+
+    # Orders inserts: the scan row before its upload in the same flush.
+    scan: Mapped[ScanResult] = relationship(lazy="raise")
 
 
 class ScanEvent(Base):
@@ -171,3 +177,6 @@ class ScanEvent(Base):
     batch_id: Mapped[str | None] = mapped_column(String(36), default=None)
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # Orders inserts: the scan row before its events in the same flush.
+    scan: Mapped[ScanResult] = relationship(lazy="raise")

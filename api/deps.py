@@ -1,0 +1,108 @@
+"""Dependencies every route reads like prose: `session: SessionDep, tenant: CurrentTenant`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Batch, ScanResult, Tenant, User
+from shared.db.session import async_session_factory
+from shared.db.tenants import authenticate
+from shared.settings import Settings, get_settings
+from shared.storage import Storage, get_storage
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer nsk_…`")
+
+
+async def get_session() -> AsyncIterator[AsyncSession]:
+    async with async_session_factory()() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: Tenant
+    user: User
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, detail={"code": "unauthorized", "message": message},
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+async def current_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorized("Send an API key as `Authorization: Bearer <key>`.")
+    found = await authenticate(session, credentials.credentials)
+    if found is None:
+        raise _unauthorized("The API key is unknown or revoked.")
+    return Principal(*found)
+
+
+async def current_tenant(principal: Annotated[Principal, Depends(current_principal)]) -> Tenant:
+    return principal.tenant
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
+
+
+def _not_found(kind: str, ident: str) -> HTTPException:
+    return HTTPException(404, detail={"code": "not_found", "message": f"No {kind} {ident}."})
+
+
+async def get_scan_or_404(session: AsyncSession, tenant: Tenant, scan_id: str) -> ScanResult:
+    """The tenant's scan; another tenant's scan is indistinguishable from a missing one."""
+    scan = await session.scalar(select(ScanResult).where(
+        ScanResult.id == scan_id, ScanResult.tenant_id == tenant.id))
+    if scan is None:
+        raise _not_found("scan", scan_id)
+    return scan
+
+
+async def get_batch_or_404(session: AsyncSession, tenant: Tenant, batch_id: str) -> Batch:
+    batch = await session.scalar(select(Batch).where(
+        Batch.id == batch_id, Batch.tenant_id == tenant.id))
+    if batch is None:
+        raise _not_found("batch", batch_id)
+    return batch
+
+
+async def scan_dep(scan_id: str, session: SessionDep, tenant: CurrentTenant) -> ScanResult:
+    return await get_scan_or_404(session, tenant, scan_id)
+
+
+async def batch_dep(batch_id: str, session: SessionDep, tenant: CurrentTenant) -> Batch:
+    return await get_batch_or_404(session, tenant, batch_id)
+
+
+ScanDep = Annotated[ScanResult, Depends(scan_dep)]
+BatchDep = Annotated[Batch, Depends(batch_dep)]
+
+
+def url_signer(request: Request, storage: StorageDep, settings: SettingsDep) -> Callable[[str], str]:
+    """refs -> signed, expiring links, absolute (relative local links get this request's host)."""
+    base = str(request.base_url).rstrip("/")
+
+    def sign(ref: str) -> str:
+        url = storage.url(ref, settings.signed_url_ttl_s)
+        return base + url if url.startswith("/") else url
+
+    return sign
+
+
+UrlSigner = Annotated[Callable[[str], str], Depends(url_signer)]

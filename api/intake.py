@@ -1,0 +1,128 @@
+"""Accepting uploads: read within the size limit, check, store durably, then enqueue.
+
+`accept_upload` is the single place where an upload's bytes are judged and, for DICOM,
+prepared for storage; everything that must happen to every accepted file happens there.
+Storing writes the `queued` scan row, its original bytes and its first event in one
+transaction; only after the commit is the task sent, so `202 Accepted` means "we have it"
+even when the broker is down (the worker's start-up sweep re-enqueues what was not sent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlparse
+
+from fastapi import UploadFile
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.concurrency import run_in_threadpool
+
+from shared import errors
+from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
+from shared.errors import InputError
+from shared.events import transition
+from shared.imaging import decode_and_check
+from shared.queue import enqueue_scans, make_producer
+from shared.settings import Settings, get_settings
+from shared.states import JobState
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK = 1 << 20
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
+
+
+@dataclass
+class AcceptedUpload:
+    """An upload that passed every check, with the bytes we will store."""
+
+    data: bytes
+    format: str
+    filename: str | None
+    frame: int | None
+    patient_ref: str | None = None
+    study_ref: str | None = None
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+
+async def read_limited(upload: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, refusing (413) as soon as more than `limit` have been read."""
+    chunks, size = [], 0
+    while chunk := await upload.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise InputError(f"The file is larger than the limit of {limit} bytes.",
+                             code=errors.FILE_TOO_LARGE, http_status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def accept_upload(data: bytes, *, filename: str | None, frame: int | None, tenant_id: str,
+                  settings: Settings) -> AcceptedUpload:
+    """Judge one upload (type by magic bytes, decodable, dimensions); InputError if refused.
+
+    Synchronous (decoding is CPU work): routes call it through `run_in_threadpool`."""
+    image = decode_and_check(data, frame=frame, settings=settings)
+    return AcceptedUpload(data=data, format=image.format, filename=_clean_filename(filename),
+                          frame=frame)
+
+
+def _clean_filename(name: str | None) -> str | None:
+    if not name:
+        return None
+    # Client text: keep the base name only, bounded, without control characters.
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:255] or None
+
+
+def check_callback_url(url: str | None) -> str | None:
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or len(url) > 2000:
+        raise InputError("callback_url must be an absolute http(s) URL.",
+                         code="invalid_callback_url")
+    return url
+
+
+def add_scan(session: AsyncSession, tenant_id: str, upload: AcceptedUpload, *,
+             batch_id: str | None = None, callback_url: str | None = None) -> ScanResult:
+    """Add the queued scan, its bytes and its `queued` event to the session (not committed)."""
+    # Ids are set here, not at flush: the upload row and the event refer to the scan.
+    scan = ScanResult(id=new_id(), tenant_id=tenant_id, batch_id=batch_id, state=None,
+                      created_at=utcnow(), filename=upload.filename,
+                      format=upload.format, size_bytes=len(upload.data),
+                      sha256=hashlib.sha256(upload.data).hexdigest(), frame=upload.frame,
+                      attempts=0, callback_url=callback_url, patient_ref=upload.patient_ref,
+                      study_ref=upload.study_ref)
+    transition(session, scan, JobState.QUEUED, at=scan.created_at)
+    session.add(scan)
+    session.add(ScanUpload(scan_id=scan.id, data=upload.data, media_type=upload.media_type))
+    return scan
+
+
+def new_batch(session: AsyncSession, tenant_id: str, callback_url: str | None) -> Batch:
+    batch = Batch(id=new_id(), tenant_id=tenant_id, callback_url=callback_url, total=0)
+    session.add(batch)
+    return batch
+
+
+@lru_cache(maxsize=1)
+def producer() -> Any:
+    return make_producer(get_settings())
+
+
+async def enqueue(scan_ids: list[str], settings: Settings) -> bool:
+    """Send the tasks (after commit). A failure is logged, not raised: the scans are stored."""
+    try:
+        await run_in_threadpool(enqueue_scans, producer(), scan_ids, settings.worker_batch_size)
+    except Exception:
+        log.exception("could not enqueue %d scans; they stay queued for the sweep", len(scan_ids))
+        return False
+    return True

@@ -1,0 +1,60 @@
+"""The FastAPI application: thin routes over the database and the queue; never TensorFlow."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+
+from api.errors import install_error_handlers
+from api.routes import batches, events, health, me, media, scans
+from shared.db.session import async_engine
+from shared.settings import get_settings
+
+DESCRIPTION = """
+Explainable brain-MRI tumour triage. Submit a slice (PNG, JPEG or DICOM) or a batch; a worker
+classifies it as glioma, meningioma, pituitary tumour or no tumour and explains the call with
+a Grad-CAM heatmap. Every `/v1` route needs `Authorization: Bearer <api key>`.
+
+Research use only: every result must be verified by a board-certified radiologist.
+"""
+
+# Routers, mounted in this order. To add one: import it above and add one entry here.
+_ROUTERS: list[APIRouter] = [
+    health.router,
+    me.router,
+    scans.router,
+    batches.router,
+    events.router,
+    media.router,
+]
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await async_engine().dispose()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level)
+    app = FastAPI(title="NeuroScan API", version="1.0.0", description=DESCRIPTION,
+                  lifespan=_lifespan)
+    # JSON pages (history, batches) shrink a lot; SSE is left alone by Starlette's GZip.
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["Authorization", "Content-Type",
+                                                               "Last-Event-ID"])
+    install_error_handlers(app)
+    for router in _ROUTERS:
+        app.include_router(router)
+    return app
+
+
+app = create_app()

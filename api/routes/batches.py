@@ -1,0 +1,88 @@
+"""Batches: many files in one request, each judged on its own; progress per batch."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import select, update
+from starlette.concurrency import run_in_threadpool
+
+from api import intake
+from api.deps import BatchDep, CurrentTenant, SessionDep, SettingsDep, UrlSigner
+from api.errors import error_response
+from shared.db.models import Batch, ScanResult
+from shared.db.session import async_write_session
+from shared.errors import InputError
+from shared.schemas import (
+    BatchAccepted,
+    BatchOut,
+    ErrorBody,
+    ErrorResponse,
+    RejectedFile,
+    batch_links,
+    batch_out,
+)
+from shared.states import JobState
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted,
+             summary="Submit many scans",
+             responses={422: {"model": ErrorResponse, "description": "No file was acceptable"}})
+async def create_batch(
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="PNG, JPEG or DICOM files")],
+    callback_url: Annotated[str | None, Form(description="Webhook when the batch is done")] = None,
+) -> BatchAccepted | JSONResponse:
+    """Accept the good files and report the bad ones per file. Files are read one at a time
+    from the request's spooled temporary files, so hundreds fit in one request."""
+    if len(files) > settings.max_batch_files:
+        raise InputError(f"{len(files)} files; a batch takes at most {settings.max_batch_files}.",
+                         code="too_many_files", http_status=413)
+    callback = intake.check_callback_url(callback_url)
+    rejected: list[RejectedFile] = []
+    scan_ids: list[str] = []
+    async with async_write_session() as session:
+        batch = intake.new_batch(session, tenant.id, callback)
+        for upload in files:
+            try:
+                data = await intake.read_limited(upload, settings.max_upload_bytes)
+                accepted = await run_in_threadpool(
+                    intake.accept_upload, data, filename=upload.filename, frame=None,
+                    tenant_id=tenant.id, settings=settings)
+            except InputError as exc:
+                rejected.append(RejectedFile(filename=upload.filename,
+                                             error=ErrorBody(**exc.as_dict())))
+                continue
+            finally:
+                await upload.close()  # frees the spooled temporary file now, not at the end
+            scan = intake.add_scan(session, tenant.id, accepted, batch_id=batch.id,
+                                   callback_url=None)
+            scan_ids.append(scan.id)
+            # Write this file now and let go of its bytes: memory stays one file deep.
+            await session.flush()
+            session.expunge_all()
+        if not scan_ids:
+            await session.rollback()
+            return error_response(
+                422, "no_acceptable_files", f"None of the {len(files)} files could be accepted.",
+                rejected=[r.model_dump() for r in rejected])
+        await session.execute(update(Batch).where(Batch.id == batch.id)
+                              .values(total=len(scan_ids)))
+    await intake.enqueue(scan_ids, settings)
+    return BatchAccepted(id=batch.id, status=JobState.QUEUED.value, scan_ids=scan_ids,
+                         rejected=rejected, links=batch_links(batch.id))
+
+
+@router.get("/{batch_id}", response_model=BatchOut, summary="One batch",
+            responses={404: {"model": ErrorResponse, "description": "No such batch"}})
+async def read_batch(batch: BatchDep, session: SessionDep, sign_url: UrlSigner) -> BatchOut:
+    """Counts per state, whether it is done, and every scan."""
+    scans = list(await session.scalars(select(ScanResult).where(
+        ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id)
+        .order_by(ScanResult.created_at, ScanResult.id)))
+    return batch_out(batch, scans, sign_url)

@@ -1,0 +1,94 @@
+"""Single scans: upload one image, read its result, list the tenant's history."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+
+from api import intake
+from api.deps import CurrentTenant, ScanDep, SessionDep, SettingsDep, UrlSigner
+from shared.db.models import ScanResult
+from shared.db.session import async_write_session
+from shared.errors import InputError
+from shared.labels import CLASSES
+from shared.schemas import ErrorResponse, ScanAccepted, ScanOut, ScanPage, scan_links, scan_out
+from shared.states import JobState
+
+router = APIRouter(prefix="/v1/scans", tags=["scans"])
+
+_UPLOAD_ERRORS = {
+    status.HTTP_413_CONTENT_TOO_LARGE: {"model": ErrorResponse, "description": "File too large"},
+    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE: {"model": ErrorResponse,
+                                             "description": "Not a PNG, JPEG or DICOM file"},
+    status.HTTP_422_UNPROCESSABLE_CONTENT: {"model": ErrorResponse,
+                                            "description": "Undecodable or bad dimensions"},
+    status.HTTP_401_UNAUTHORIZED: {"model": ErrorResponse, "description": "No or bad API key"},
+}
+# Multipart framing around one file; a body larger than the limit plus this is refused unread.
+_MULTIPART_SLACK = 64 * 1024
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ScanAccepted,
+             responses=_UPLOAD_ERRORS, summary="Submit one scan")
+async def create_scan(
+    request: Request,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="A PNG, JPEG or DICOM brain MRI slice")],
+    callback_url: Annotated[str | None, Form(description="Webhook for the result")] = None,
+    frame: Annotated[int | None, Form(ge=0, description="Frame of a multi-frame DICOM")] = None,
+) -> ScanAccepted:
+    """Check and store the image, queue it for analysis; poll `links.self` or follow
+    `links.events` for the result."""
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > settings.max_upload_bytes + _MULTIPART_SLACK:
+        raise InputError(f"The request is {declared} bytes; the limit is "
+                         f"{settings.max_upload_bytes} per file.", code="file_too_large",
+                         http_status=413)
+    callback = intake.check_callback_url(callback_url)
+    data = await intake.read_limited(file, settings.max_upload_bytes)
+    accepted = await run_in_threadpool(intake.accept_upload, data, filename=file.filename,
+                                       frame=frame, tenant_id=tenant.id, settings=settings)
+    async with async_write_session() as session:
+        scan = intake.add_scan(session, tenant.id, accepted, callback_url=callback)
+    await intake.enqueue([scan.id], settings)
+    return ScanAccepted(id=scan.id, status=JobState.QUEUED.value, links=scan_links(scan.id))
+
+
+@router.get("/{scan_id}", response_model=ScanOut, summary="One scan",
+            responses={404: {"model": ErrorResponse, "description": "No such scan"}})
+async def read_scan(scan: ScanDep, sign_url: UrlSigner) -> ScanOut:
+    """State, prediction with the four probabilities, signed image/heatmap links, model, timings."""
+    return scan_out(scan, sign_url)
+
+
+@router.get("", response_model=ScanPage, summary="Scan history")
+async def list_scans(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    sign_url: UrlSigner,
+    state: Annotated[JobState | None, Query(description="Only scans in this state")] = None,
+    label: Annotated[str | None, Query(description=f"Only this label: {', '.join(CLASSES)}")] = None,
+    batch_id: Annotated[str | None, Query(description="Only scans of this batch")] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ScanPage:
+    """The tenant's scans, newest first."""
+    if label is not None and label not in CLASSES:
+        raise InputError(f"Unknown label {label!r}; use one of {', '.join(CLASSES)}.",
+                         code="validation_error")
+    query = select(ScanResult).where(ScanResult.tenant_id == tenant.id)
+    if state is not None:
+        query = query.where(ScanResult.state == state.value)
+    if label is not None:
+        query = query.where(ScanResult.label == label)
+    if batch_id is not None:
+        query = query.where(ScanResult.batch_id == batch_id)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(query.order_by(ScanResult.created_at.desc(), ScanResult.id)
+                                 .offset((page - 1) * page_size).limit(page_size))
+    return ScanPage(items=[scan_out(r, sign_url) for r in rows], page=page, page_size=page_size,
+                    total=int(total or 0))

@@ -1,0 +1,156 @@
+"""Service commands: serve (embedded API + worker), api, worker, migrate, keys.
+
+Heavy imports (uvicorn, Celery, SQLAlchemy models) happen inside the functions so that
+`neuroscan --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+
+LOCAL_TENANT = "local"
+_KEY_FILE = "local-api-key"
+
+
+def migrate() -> None:
+    """Bring the database schema up to date (alembic upgrade head)."""
+    from shared.db.migrate import upgrade_to_head
+
+    upgrade_to_head()
+    typer.echo("database is up to date")
+
+
+@keys_app.command("create")
+def create_key(
+    tenant: Annotated[str, typer.Option(help="Tenant (hospital) name; created if new.")],
+    user: Annotated[str, typer.Option(help="Name of the user or system holding the key.")] = "api",
+) -> None:
+    """Create an API key; it is printed once, alone on the last line, and stored only hashed."""
+    from shared.db.session import sync_session
+    from shared.db.tenants import issue_key
+
+    with sync_session() as session:
+        issued = issue_key(session, tenant, user)
+        typer.echo(f"tenant {issued.tenant.name} ({issued.tenant.id}), user {issued.user.name}, "
+                   f"key prefix {issued.user.api_key_prefix}")
+    typer.echo(issued.key)
+
+
+def local_api_key(var_dir: Path) -> str:
+    """The local tenant's key for the embedded default: issued on first start, then read back.
+
+    The key is kept in `var/local-api-key` (mode 0600) so that every `make run` can print it
+    again; only its hash is in the database. A key file whose key no longer matches (a new
+    database) is replaced."""
+    from sqlalchemy import select
+
+    from shared.db.models import User
+    from shared.db.session import sync_session
+    from shared.db.tenants import hash_api_key, issue_key
+
+    path = var_dir / _KEY_FILE
+    with sync_session() as session:
+        if path.is_file():
+            key = path.read_text().strip()
+            if session.scalar(select(User.id).where(User.api_key_hash == hash_api_key(key),
+                                                    User.revoked_at.is_(None))):
+                return key
+        key = issue_key(session, LOCAL_TENANT, "local-admin").key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def _worker_argv(pool: str, concurrency: int | None) -> list[str]:
+    from shared.settings import get_settings
+
+    s = get_settings()
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
+            "--pool", pool, "--concurrency", str(concurrency or s.worker_concurrency),
+            "--queues", s.queue_name, "--events", "--loglevel", s.log_level,
+            "--hostname", f"neuroscan@{os.uname().nodename}-{os.getpid()}"]
+
+
+def worker(
+    pool: Annotated[str, typer.Option(help="solo (default) or threads; never prefork with TensorFlow.")] = "solo",
+    concurrency: Annotated[int | None, typer.Option(help="Threads for the threads pool (default: settings).")] = None,
+) -> None:
+    """Run a Celery worker (task events on, for Flower)."""
+    if pool not in ("solo", "threads"):
+        raise typer.BadParameter("use solo or threads: prefork forks after TensorFlow starts threads")
+    argv = _worker_argv(pool, 1 if pool == "solo" else concurrency)
+    os.execv(argv[0], argv)
+
+
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PORT).")] = None,
+) -> None:
+    """Run the HTTP API (no TensorFlow in this process)."""
+    import uvicorn
+
+    from shared.settings import get_settings
+
+    s = get_settings()
+    uvicorn.run("api.main:app", host=host or s.host, port=port or s.port, proxy_headers=True,
+                log_level=s.log_level.lower())
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PORT).")] = None,
+) -> None:
+    """Embedded deployment: migrate, ensure a local key, start a worker and the API."""
+    import uvicorn
+
+    from shared.settings import get_settings
+
+    s = get_settings()
+    s.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate()
+    key = local_api_key(s.var_dir)
+    card = s.model_dir / f"{s.model_name}.card.json"
+    if not card.is_file():
+        typer.secho(f"warning: no model card {card}; scans will fail until a model is trained "
+                    "(see README: neuroscan train)", fg="yellow", err=True)
+    bind_host, bind_port = host or s.host, port or s.port
+    worker_proc = subprocess.Popen(_worker_argv("solo", 1))
+    url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
+    typer.secho(f"\nNeuroScan is running at {url}  (web page: {url}/app, API docs: {url}/docs)",
+                fg="green", bold=True)
+    typer.echo(f"API key (tenant '{LOCAL_TENANT}'): {key}\n")
+    try:
+        uvicorn.run("api.main:app", host=bind_host, port=bind_port,
+                    log_level=s.log_level.lower())
+    finally:
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+
+
+def requeue(
+    older_than_s: Annotated[float, typer.Option(help="Queued at least this long.")] = 60.0,
+) -> None:
+    """Re-enqueue scans that are still queued (e.g. the broker was down when they arrived)."""
+    from shared.queue import enqueue_scans, make_producer
+    from shared.settings import get_settings
+    from worker.pipeline import stale_scan_ids
+
+    s = get_settings()
+    ids = stale_scan_ids(older_than_s, s.broker_visibility_timeout_s)
+    if ids:
+        enqueue_scans(make_producer(s), ids, s.worker_batch_size)
+    typer.echo(f"re-enqueued {len(ids)} scans")

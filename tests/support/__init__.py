@@ -1,0 +1,1 @@
+"""Shared test support: the live stack, the Cloudinary stand-in, test images."""

@@ -1,0 +1,16 @@
+"""The Celery application: configuration from settings, task modules by name.
+
+Run it with a TensorFlow-safe pool: `celery -A worker.celery_app:app worker -P solo -E`
+(or `-P threads`); prefork would fork after TensorFlow's threads exist. Scale with more
+worker processes and hosts, not with prefork children.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.queue import celery_config
+from shared.settings import get_settings
+
+app = Celery("neuroscan", include=["worker.tasks", "worker.webhook_tasks"])
+app.conf.update(celery_config(get_settings()))

@@ -1,0 +1,232 @@
+"""The scan pipeline as plain functions: claim, decode, analyse, store, finish.
+
+A task calls `process_scans` with IDs only; everything else is re-read from the database.
+Every step is safe to repeat: claiming skips scans that are already final, asset names are
+deterministic (scan id + suffix) and overwrite, and `finish` writes a result only to a scan
+that is not final yet, in the same transaction as its `scan_events` row.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import Batch, ScanResult, ScanUpload, utcnow
+from shared.db.session import sync_session
+from shared.errors import InputError
+from shared.events import transition
+from shared.imaging import DecodedImage, decode_image
+from shared.settings import get_settings
+from shared.states import JobState
+from shared.storage import Storage, get_storage
+
+if TYPE_CHECKING:
+    from worker.inference import Analysis
+    from worker.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[str, str], None]  # (scan or batch id, "scan" | "batch")
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
+_NOT_FINAL = (JobState.QUEUED.value, JobState.PROCESSING.value)
+
+_model: LoadedModel | None = None
+_model_lock = threading.Lock()
+
+
+def get_model() -> LoadedModel:
+    """The worker process's model: loaded (hash checked against its card) on first use, once.
+
+    Not in `worker_process_init`, whose handlers are killed after 4 s; with the solo or
+    threads pool this runs in the process that serves the tasks."""
+    global _model
+    with _model_lock:
+        if _model is None:
+            from worker.model import load_model
+
+            s = get_settings()
+            _model = load_model(s.model_dir, s.model_name)
+            log.info("loaded model %s %s (sha256 %s)", _model.name, _model.version, _model.sha256)
+        return _model
+
+
+@dataclass
+class Claimed:
+    scan_id: str
+    format: str
+    frame: int | None
+    data: bytes
+    media_type: str
+    created_at: Any
+
+
+@dataclass
+class Outcome:
+    scan_id: str
+    state: JobState
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def claim(session: Session, scan_ids: Sequence[str]) -> list[Claimed]:
+    """queued/processing -> processing (attempts + 1) for scans not final yet; others skipped."""
+    rows = session.scalars(select(ScanResult).where(
+        ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL)
+    ).order_by(ScanResult.created_at).with_for_update()).all()
+    if not rows:
+        return []
+    uploads = {u.scan_id: u for u in session.scalars(
+        select(ScanUpload).where(ScanUpload.scan_id.in_([r.id for r in rows])))}
+    claimed = []
+    for row in rows:
+        row.attempts += 1
+        transition(session, row, JobState.PROCESSING)
+        upload = uploads.get(row.id)
+        if upload is None:  # cannot happen through the API; say so rather than retry forever
+            _fail_row(session, row, "upload_missing", "The uploaded file is no longer stored.")
+            continue
+        claimed.append(Claimed(row.id, row.format, row.frame, upload.data, upload.media_type,
+                               row.created_at))
+    return claimed
+
+
+def _decode(items: Sequence[Claimed]) -> tuple[list[tuple[Claimed, DecodedImage]], list[Outcome]]:
+    decoded, failed = [], []
+    for item in items:
+        try:
+            decoded.append((item, decode_image(item.data, frame=item.frame)))
+        except InputError as exc:  # permanent: the same bytes will never decode
+            failed.append(Outcome(item.scan_id, JobState.FAILED,
+                                  {"error_code": exc.code, "error_message": exc.message}))
+    return decoded, failed
+
+
+def _store(storage: Storage, item: Claimed, analysis: Analysis) -> dict[str, str]:
+    """Original and explanation images under deterministic names (a retry overwrites them)."""
+    refs = {"image_ref": storage.put("uploads", f"{item.scan_id}.{_EXTENSIONS[item.format]}",
+                                     item.data, item.media_type)}
+    if analysis.heatmap_png is not None and analysis.overlay_png is not None:
+        refs["heatmap_ref"] = storage.put("results", f"{item.scan_id}-heatmap.png",
+                                          analysis.heatmap_png, "image/png")
+        refs["overlay_ref"] = storage.put("results", f"{item.scan_id}-overlay.png",
+                                          analysis.overlay_png, "image/png")
+    return refs
+
+
+def analyse_and_store(items: Sequence[Claimed], model: LoadedModel,
+                      storage: Storage) -> list[Outcome]:
+    from worker.inference import analyse  # TensorFlow only where inference runs
+
+    t0 = time.perf_counter()
+    decoded, outcomes = _decode(items)
+    t1 = time.perf_counter()
+    analyses = analyse([img for _, img in decoded], model) if decoded else []
+    t2 = time.perf_counter()
+    model_fields = {"model_name": model.name, "model_version": model.version,
+                    "model_sha256": model.sha256}
+    batch_timing = {"batch_size": len(items), "decode_ms": round((t1 - t0) * 1000, 2),
+                    "inference_ms": round((t2 - t1) * 1000, 2)}
+    for (item, _), analysis in zip(decoded, analyses, strict=True):
+        t_store = time.perf_counter()
+        fields: dict[str, Any] = {"gate": analysis.gate.to_dict(), **model_fields,
+                                  **_store(storage, item, analysis)}
+        timings = {**batch_timing, "storage_ms": round((time.perf_counter() - t_store) * 1000, 2)}
+        if not analysis.gate.accepted:
+            outcomes.append(Outcome(item.scan_id, JobState.FAILED, {
+                **fields, "timings": timings, "error_code": analysis.gate.code,
+                "error_message": analysis.gate.reason}))
+            continue
+        outcomes.append(Outcome(item.scan_id, JobState.SUCCEEDED, {
+            **fields, "timings": timings, "label": analysis.label,
+            "confidence": analysis.confidence, "probabilities": analysis.probabilities}))
+    return outcomes
+
+
+def finish(session: Session, outcomes: Sequence[Outcome]) -> list[ScanResult]:
+    """Write each outcome to its scan if the scan is not final yet; returns the scans finished."""
+    by_id = {o.scan_id: o for o in outcomes}
+    rows = session.scalars(select(ScanResult).where(
+        ScanResult.id.in_(list(by_id)), ScanResult.state.in_(_NOT_FINAL)).with_for_update()).all()
+    now = utcnow()
+    for row in rows:
+        outcome = by_id[row.id]
+        for name, value in outcome.fields.items():
+            setattr(row, name, value)
+        timings = dict(row.timings or {})
+        timings["queue_s"] = round(((row.started_at or now) - row.created_at).total_seconds(), 3)
+        timings["total_s"] = round((now - row.created_at).total_seconds(), 3)
+        row.timings = timings
+        transition(session, row, outcome.state, at=now)
+    return list(rows)
+
+
+def _fail_row(session: Session, row: ScanResult, code: str, message: str) -> None:
+    row.error_code, row.error_message = code, message
+    transition(session, row, JobState.FAILED)
+
+
+def fail_unfinished(scan_ids: Sequence[str], code: str, message: str,
+                    notify: Notify | None = None) -> list[str]:
+    """Give up on scans a task could not finish: failed with `code`, never left processing."""
+    with sync_session() as session:
+        rows = session.scalars(select(ScanResult).where(
+            ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL))
+            .with_for_update()).all()
+        for row in rows:
+            _fail_row(session, row, code, message)
+        done = [(r.id, r.callback_url, r.batch_id) for r in rows]
+    _announce(done, notify)
+    return [scan_id for scan_id, _, _ in done]
+
+
+def _announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify | None) -> None:
+    """After commit: scan webhooks, and batch completion (decided once, by a conditional UPDATE)."""
+    for scan_id, callback_url, _ in done:
+        if callback_url and notify:
+            notify(scan_id, "scan")
+    for batch_id in sorted({b for _, _, b in done if b}):
+        with sync_session() as session:
+            unfinished = session.scalar(select(ScanResult.id).where(
+                ScanResult.batch_id == batch_id, ScanResult.state.in_(_NOT_FINAL)).limit(1))
+            if unfinished is not None:
+                continue
+            won = session.execute(update(Batch).where(
+                Batch.id == batch_id, Batch.finished_at.is_(None)).values(finished_at=utcnow()))
+            callback = session.scalar(select(Batch.callback_url).where(Batch.id == batch_id))
+        if won.rowcount == 1 and callback and notify:  # type: ignore[attr-defined]
+            notify(batch_id, "batch")
+
+
+def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
+                  storage: Storage | None = None) -> list[str]:
+    """The whole pipeline for one task; returns the IDs of the scans it finished."""
+    with sync_session() as session:
+        claimed = claim(session, scan_ids)
+    if not claimed:
+        return []
+    outcomes = analyse_and_store(claimed, get_model(), storage or get_storage())
+    with sync_session() as session:
+        rows = finish(session, outcomes)
+        done = [(r.id, r.callback_url, r.batch_id) for r in rows]
+    _announce(done, notify)
+    return [scan_id for scan_id, _, _ in done]
+
+
+def stale_scan_ids(older_than_s: float, processing_after_s: float) -> list[str]:
+    """Scans that may have lost their message: queued for long, or processing past the
+    broker's redelivery window (their worker died and nothing redelivered them)."""
+    now = utcnow()
+    with sync_session() as session:
+        return list(session.scalars(select(ScanResult.id).where(
+            ((ScanResult.state == JobState.QUEUED.value)
+             & (ScanResult.created_at < now - timedelta(seconds=older_than_s)))
+            | ((ScanResult.state == JobState.PROCESSING.value)
+               & (ScanResult.started_at < now - timedelta(seconds=processing_after_s))))
+            .order_by(ScanResult.created_at)))
