@@ -22,6 +22,9 @@ from worker.model.loader import LoadedModel
 
 MAX_BATCH = 64  # bounds peak memory for very large batches; results do not depend on it
 
+# None: each image's predicted class; a class name or index for all; or one entry per image.
+ClassRequest = int | str | Sequence[int | str | None] | None
+
 
 @dataclass(frozen=True)
 class Analysis:
@@ -42,18 +45,26 @@ def explainer_for(model: LoadedModel):  # noqa: ANN201 - a compiled tf.function
     return model._explainers[key]
 
 
-def run_batch(model: LoadedModel, batch: np.ndarray, class_index: int | str | None = None
+def _requested(class_index: ClassRequest, n: int) -> np.ndarray:
+    """Per-image class indices; -1 asks for the predicted class."""
+    if class_index is None or isinstance(class_index, int | str | np.integer):
+        class_index = [class_index] * n
+    out = np.array([-1 if c is None else index_of(c) if isinstance(c, str) else int(c)
+                    for c in class_index], dtype=np.int32)
+    if len(out) != n or out.min(initial=0) < -1 or out.max(initial=0) >= len(CLASSES):
+        raise ValueError(f"class_index {class_index!r} does not fit {n} images and {len(CLASSES)} classes")
+    return out
+
+
+def run_batch(model: LoadedModel, batch: np.ndarray, class_index: ClassRequest = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed (N,S,S,1) -> (probabilities (N,C), maps (N,S,S)) in the model frame."""
-    requested = -1 if class_index is None else (
-        index_of(class_index) if isinstance(class_index, str) else int(class_index))
-    if not -1 <= requested < len(CLASSES):
-        raise ValueError(f"class_index {class_index!r} out of range")
+    requested = _requested(class_index, len(batch))
     explain = explainer_for(model)
     probs, cams = [], []
     for start in range(0, len(batch), MAX_BATCH):
         chunk = batch[start:start + MAX_BATCH]
-        p, c = explain(chunk, np.full(len(chunk), requested, dtype=np.int32))
+        p, c = explain(chunk, requested[start:start + MAX_BATCH])
         probs.append(p.numpy())
         cams.append(c.numpy())
     return np.concatenate(probs), np.concatenate(cams)

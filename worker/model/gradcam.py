@@ -34,7 +34,7 @@ Explainer = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 def split_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
     """(body: image -> A, head: A -> logits), sharing the model's layers and weights."""
-    body = keras.Model(model.inputs, model.get_layer(layer_name).output, name="cam_body")
+    body = keras.Model(model.inputs[0], model.get_layer(layer_name).output, name="cam_body")
     names = [layer.name for layer in model.layers]
     features = keras.Input(body.output.shape[1:], name="cam_features")
     x = features

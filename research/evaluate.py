@@ -1,0 +1,173 @@
+"""Evaluate a saved model on a folder in the Kaggle layout; write JSON and Markdown reports.
+
+    neuroscan evaluate --data var/data/test --model-dir models
+
+Everything runs through the serving path: `decode_image` -> the input gate ->
+`preprocess` -> the compiled Grad-CAM graph (`worker.inference.run_batch`) -> maps taken back
+to each image's own frame with `to_original_frame`, where the lesion masks live.
+
+Localisation (images with a non-empty mask under data/masks/<class>/<stem>.png), on the
+map of the TRUE class as in the pointing game's definition (Zhang et al., ECCV 2016):
+- pointing game, strict: the map's maximum lies inside the lesion mask;
+- pointing game, tolerant: within POINTING_TOLERANCE of the image's longer side of it;
+- energy share: the fraction of the map's mass inside the lesion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shared.imaging import decode_image
+from shared.preprocessing import crop_box_for, preprocess_batch, to_original_frame
+from research import metrics as M
+from research.train import list_folder
+
+CHUNK = 128
+POINTING_TOLERANCE = 0.015  # 1.5% of the longer side: 4 px at 256 px, about 3 mm of anatomy
+
+
+def _mask_for(data: Path, image_path: Path) -> np.ndarray | None:
+    path = data / "masks" / image_path.parent.name / f"{image_path.stem}.png"
+    if not path.is_file():
+        return None
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    return mask if mask.any() else None
+
+
+def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
+                    update_card: bool = False, with_ood: bool = True) -> dict[str, Any]:
+    """All metrics for one model on one folder; see the module docstring."""
+    from worker.gate import assess
+    from worker.inference import run_batch
+    from worker.model import load_model
+    from worker.model.loader import update_card as write_card_changes
+
+    data, model_dir = Path(data), Path(model_dir)
+    files, labels = list_folder(data)
+    model = load_model(model_dir, name)
+    logits, rejected = [], []
+    hits, hits_tol, energy, loc_labels = [], [], [], []
+    t0 = time.monotonic()
+    for start in range(0, len(files), CHUNK):
+        chunk_files, chunk_labels = files[start:start + CHUNK], labels[start:start + CHUNK]
+        decoded = [decode_image(f.read_bytes()) for f in chunk_files]
+        rejected += [not assess(d).accepted for d in decoded]
+        batch = preprocess_batch([d.pixels for d in decoded], model.input_size)
+        logits.append(model.model.predict(batch, batch_size=CHUNK, verbose=0))
+        _, cams = run_batch(model, batch, [int(c) for c in chunk_labels])  # true-class maps
+        for f, lab, d, cam in zip(chunk_files, chunk_labels, decoded, cams, strict=True):
+            mask = _mask_for(data, f)
+            if mask is None:
+                continue
+            full = to_original_frame(cam, crop_box_for(d.pixels), d.pixels.shape[:2])
+            if mask.shape != full.shape:
+                raise ValueError(f"{f}: mask {mask.shape} differs from the image {full.shape}")
+            tol = max(1, int(round(POINTING_TOLERANCE * max(full.shape))))
+            hits.append(M.pointing_hit(full, mask))
+            hits_tol.append(M.pointing_hit(full, mask, tolerance_px=tol))
+            energy.append(M.energy_inside(full, mask))
+            loc_labels.append(int(lab))
+    seconds = time.monotonic() - t0
+    all_logits = np.concatenate(logits)
+    classes = model.classes
+    cls = M.classification_summary(all_logits, labels, classes, model.temperature)
+
+    loc_labels_arr, hits_arr = np.asarray(loc_labels), np.asarray(hits, dtype=bool)
+    localisation: dict[str, Any] = {
+        "n_with_mask": len(hits),
+        "map": "Grad-CAM of the true class, in the original image frame",
+        "pointing_game": float(hits_arr.mean()) if hits else None,
+        "pointing_game_tolerant": float(np.mean(hits_tol)) if hits else None,
+        "tolerance_px_at_256": int(round(POINTING_TOLERANCE * 256)),
+        "energy_inside_lesion": float(np.mean(energy)) if hits else None,
+        "per_class": {classes[c]: {"n": int((loc_labels_arr == c).sum()),
+                                   "pointing_game": float(hits_arr[loc_labels_arr == c].mean()),
+                                   "energy_inside_lesion": float(np.asarray(energy)[loc_labels_arr == c].mean())}
+                      for c in sorted(set(loc_labels))},
+    }
+    gate: dict[str, Any] = {"false_reject_rate": float(np.mean(rejected)), "n": len(rejected)}
+    if with_ood:
+        from research.ood import ood_catch_rate
+
+        gate.update(ood_catch_rate())
+    manifest = data / "manifest.json"
+    source = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    report = {
+        "model": {"name": model.name, "version": model.version, "sha256": model.sha256,
+                  "temperature": model.temperature},
+        "data": {"folder": str(data), "n": len(files),
+                 "source": {k: source.get(k) for k in ("generator", "version", "params")}},
+        "classification": cls,
+        "localisation": localisation,
+        "gate": gate,
+        "seconds": round(seconds, 1),
+    }
+    report["summary"] = {
+        "accuracy": cls["accuracy"], "macro_f1": cls["macro_f1"],
+        "roc_auc_macro": cls["roc_auc_ovr"]["macro"],
+        "ece_before_t": cls["ece_before_t"], "ece_after_t": cls["ece_after_t"],
+        "temperature": model.temperature,
+        "pointing_game": localisation["pointing_game"],
+        "pointing_game_tolerant": localisation["pointing_game_tolerant"],
+        "energy_inside_lesion": localisation["energy_inside_lesion"],
+        "gate_false_reject_rate": gate["false_reject_rate"],
+        "ood_catch_rate": gate.get("catch_rate"),
+    }
+    if update_card:
+        card_metrics = dict(model.card.get("metrics", {}))
+        card_metrics["test"] = {"data": report["data"], **report["summary"]}
+        write_card_changes(model_dir, name, metrics=card_metrics)
+    return report
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    cls, loc, s = report["classification"], report["localisation"], report["summary"]
+    src = report["data"]["source"]
+    lines = [
+        f"# Evaluation: {report['model']['name']} {report['model']['version']}", "",
+        f"Data: `{report['data']['folder']}` ({report['data']['n']} images; "
+        f"generator {src.get('generator')} {src.get('version')}, params {src.get('params')}). "
+        f"Weights SHA-256 `{report['model']['sha256'][:16]}…`.", "",
+        "| metric | value |", "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in s.items()], "",
+        "## Per class", "", "| class | precision | recall | F1 | support | ROC-AUC |", "|---|---|---|---|---|---|",
+        *[f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} | "
+          f"{cls['roc_auc_ovr'][c]:.4f} |" for c, v in cls["per_class"].items()], "",
+        "## Confusion matrix (rows: true, columns: predicted)", "",
+        "| | " + " | ".join(cls["confusion_matrix"]["rows_true_cols_pred"]) + " |",
+        "|---" * (len(cls["per_class"]) + 1) + "|",
+        *[f"| {c} | " + " | ".join(str(x) for x in row) + " |"
+          for c, row in zip(cls["per_class"], cls["confusion_matrix"]["counts"], strict=True)], "",
+        "## Grad-CAM localisation", "",
+        f"{loc['map']}; {loc['n_with_mask']} images with a lesion mask. Pointing game strict: the "
+        f"map's maximum inside the mask; tolerant: within {loc['tolerance_px_at_256']} px at 256 px.", "",
+        "| class | n | pointing game | energy inside lesion |", "|---|---|---|---|",
+        *[f"| {c} | {v['n']} | {v['pointing_game']:.4f} | {v['energy_inside_lesion']:.4f} |"
+          for c, v in loc["per_class"].items()], "",
+        "## Input gate", "",
+        f"False-reject rate on this set: {_fmt(report['gate']['false_reject_rate'])}; "
+        f"catch rate on the out-of-distribution set: {_fmt(report['gate'].get('catch_rate'))} "
+        f"({report['gate'].get('ood_n', 'n/a')} images).", "",
+        "Calibration: ECE with 15 equal-width bins (Guo et al. 2017), temperature fitted on the "
+        "training run's validation split.", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_reports(report: dict[str, Any], stem: Path) -> tuple[Path, Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+    jpath.write_text(json.dumps(report, indent=2) + "\n")
+    mpath.write_text(to_markdown(report))
+    return jpath, mpath

@@ -1,0 +1,98 @@
+"""save_model_files / load_model: the card, the SHA-256 check, building from the card's config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from shared.labels import CLASSES
+from shared.preprocessing import PREPROCESSING_ID
+from worker.model import (
+    ModelCardError,
+    ModelConfig,
+    WeightsIntegrityError,
+    build_model,
+    load_model,
+    save_model_files,
+)
+from worker.model.card import sha256_file
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> tuple[Path, ModelConfig, keras.Model]:
+    keras.utils.set_random_seed(0)
+    config = ModelConfig.tiny(name="tiny-under-test")
+    model = build_model(config)
+    save_model_files(model, config, tmp_path, metrics={"test": {"accuracy": 0.5}},
+                     training={"seed": 7}, temperature=1.7)
+    return tmp_path, config, model
+
+
+def test_card_contents(saved) -> None:
+    model_dir, config, _ = saved
+    card = json.loads((model_dir / "tiny-under-test.card.json").read_text())
+    assert card["architecture"] == config.to_dict()
+    assert card["classes"] == list(CLASSES)
+    assert card["preprocessing"] == PREPROCESSING_ID
+    assert card["input_size"] == 64
+    assert card["temperature"] == pytest.approx(1.7)
+    assert card["training"] == {"seed": 7}
+    assert card["metrics"] == {"test": {"accuracy": 0.5}}
+    assert card["weights"]["sha256"] == sha256_file(model_dir / "tiny-under-test.weights.h5")
+    assert card["software"]["keras"] == keras.__version__
+
+
+def test_load_rebuilds_and_injects(saved) -> None:
+    model_dir, config, model = saved
+    loaded = load_model(model_dir, "tiny-under-test")
+    assert (loaded.name, loaded.version, loaded.input_size) == ("tiny-under-test", config.version, 64)
+    assert loaded.temperature == pytest.approx(1.7)
+    assert loaded.config == config
+    x = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.model(x).numpy(), model(x).numpy())
+
+
+def test_tampered_weights_are_refused(saved) -> None:
+    model_dir, _, _ = saved
+    path = model_dir / "tiny-under-test.weights.h5"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in one byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsIntegrityError, match="SHA-256"):
+        load_model(model_dir, "tiny-under-test")
+
+
+def test_missing_card_is_refused(saved) -> None:
+    model_dir, _, _ = saved
+    (model_dir / "tiny-under-test.card.json").unlink()
+    with pytest.raises(WeightsIntegrityError, match="no model card"):
+        load_model(model_dir, "tiny-under-test")
+
+
+def test_card_for_other_preprocessing_is_refused(saved) -> None:
+    model_dir, _, _ = saved
+    path = model_dir / "tiny-under-test.card.json"
+    card = json.loads(path.read_text())
+    card["preprocessing"] = "something-else-v0"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="preprocessing"):
+        load_model(model_dir, "tiny-under-test")
+
+
+def test_config_roundtrip_refuses_unknown_keys() -> None:
+    config = ModelConfig()
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**config.to_dict(), "blok_filters": [1]})
+
+
+def test_default_architecture_budget() -> None:
+    config = ModelConfig()
+    model = build_model(config)
+    assert 150_000 < model.count_params() < 1_000_000
+    assert model.get_layer(config.cam_layer).output.shape[1:3] == (16, 16)
+    assert build_model(ModelConfig.tiny()).count_params() < 10_000
