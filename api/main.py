@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from api.errors import install_error_handlers
-from api.routes import batches, events, health, me, media, scans
+from api.routes import batches, events, health, me, media, reports, scans
 from shared.db.session import async_engine
 from shared.settings import get_settings
 
@@ -31,6 +31,7 @@ _ROUTERS: list[APIRouter] = [
     batches.router,
     events.router,
     media.router,
+    reports.router,
 ]
 
 

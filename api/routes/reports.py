@@ -1,0 +1,90 @@
+"""Reports of a scan or a batch: the PDF for people, FHIR R4 for hospital systems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import BatchDep, ScanDep, SessionDep, StorageDep, UrlSigner
+from shared.db.models import ScanResult, ScanUpload
+from shared.fhir import FHIR_MEDIA_TYPE, scan_to_fhir
+from shared.reports.card import read_model_card
+from shared.reports.pdf import render_batch_report, render_scan_report
+from shared.reports.preview import preview_png
+from shared.schemas import ErrorResponse, batch_out, scan_out
+from shared.states import JobState
+from shared.storage import Storage
+
+router = APIRouter(tags=["reports"])
+
+_NOT_FINAL = (JobState.QUEUED.value, JobState.PROCESSING.value)
+_PDF = {"content": {"application/pdf": {}}, "description": "The PDF report"}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such scan or batch"},
+    409: {"model": ErrorResponse, "description": "Not finished yet"}}
+
+
+def _pdf(data: bytes, name: str) -> Response:
+    return Response(data, media_type="application/pdf",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def _original(session: SessionDep, storage: Storage, scan: ScanResult) -> bytes | None:
+    """The stored original (already de-identified), else the accepted upload's bytes."""
+    if scan.image_ref:
+        try:
+            return await run_in_threadpool(storage.get, scan.image_ref)
+        except Exception:  # a report without the picture beats no report
+            pass
+    upload = await session.scalar(select(ScanUpload.data).where(ScanUpload.scan_id == scan.id))
+    return bytes(upload) if upload is not None else None
+
+
+@router.get("/v1/scans/{scan_id}/report.pdf", response_class=Response, summary="PDF report",
+            responses={200: _PDF, **_ERRORS})
+async def scan_report(scan: ScanDep, session: SessionDep, storage: StorageDep,
+                      sign_url: UrlSigner) -> Response:
+    """Result, original and Grad-CAM overlay, probabilities, model and references as a PDF."""
+    if scan.state in _NOT_FINAL:
+        raise HTTPException(409, detail={"code": "scan_not_finished",
+                                         "message": f"The scan is {scan.state}; try again when it "
+                                                    "has succeeded or failed."})
+    original = await _original(session, storage, scan)
+    overlay = (await run_in_threadpool(storage.get, scan.overlay_ref)) if scan.overlay_ref else None
+    out = scan_out(scan, sign_url)
+    card = read_model_card(scan.model_name) if scan.model_name else read_model_card()
+    pdf = await run_in_threadpool(_render_scan, out, original, scan.frame, overlay, card)
+    return _pdf(pdf, f"neuroscan-{scan.id}.pdf")
+
+
+def _render_scan(out: Any, original: bytes | None, frame: int | None, overlay: bytes | None,
+                 card: dict[str, Any] | None) -> bytes:
+    return render_scan_report(out, preview_png(original, frame), overlay, card)
+
+
+@router.get("/v1/batches/{batch_id}/report.pdf", response_class=Response,
+            summary="PDF batch summary", responses={200: _PDF, **_ERRORS})
+async def batch_report(batch: BatchDep, session: SessionDep, sign_url: UrlSigner) -> Response:
+    """One row per scan: state, prediction, confidence band, references, error."""
+    scans = list(await session.scalars(select(ScanResult).where(
+        ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id)
+        .order_by(ScanResult.created_at, ScanResult.id)))
+    if any(s.state in _NOT_FINAL for s in scans):
+        raise HTTPException(409, detail={"code": "batch_not_finished",
+                                         "message": "Some scans of the batch are still queued or "
+                                                    "processing."})
+    out = batch_out(batch, scans, sign_url)
+    pdf = await run_in_threadpool(render_batch_report, out, out.scans)
+    return _pdf(pdf, f"neuroscan-batch-{batch.id}.pdf")
+
+
+@router.get("/v1/scans/{scan_id}/fhir", summary="FHIR R4 DiagnosticReport",
+            responses={200: {"content": {"application/fhir+json": {}}}, **_ERRORS})
+async def scan_fhir(scan: ScanDep, request: Request, sign_url: UrlSigner) -> JSONResponse:
+    """The scan as a FHIR R4 DiagnosticReport with one Observation per class probability."""
+    doc = scan_to_fhir(scan_out(scan, sign_url), base_url=str(request.base_url))
+    return JSONResponse(doc, media_type=FHIR_MEDIA_TYPE)
