@@ -1,0 +1,190 @@
+"""Webhooks: which callback URLs we will call (no SSRF), what we send, and how it is signed.
+
+URL policy: https only; plain http only to a loopback host outside production (the embedded
+default runs everything on one machine). The host is resolved and every address must be
+public: private, loopback, link-local (cloud metadata lives at 169.254.169.254), multicast,
+reserved and unspecified addresses are refused unless WEBHOOK_ALLOW_PRIVATE is set (loopback
+is also allowed outside production). Delivery connects to the address that was checked (TLS
+still verifies the host name), so DNS cannot be switched between check and use, and
+redirects are never followed.
+
+Signature: `X-NeuroScan-Timestamp: <unix seconds>` and
+`X-NeuroScan-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`.
+The secret is WEBHOOK_SECRET, or when unset HMAC-SHA256(SECRET_KEY, "neuroscan/webhook/v1")
+as hex. Receivers should refuse timestamps more than five minutes old (replays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from shared.errors import InputError
+from shared.settings import Settings, get_settings
+
+INVALID_CALLBACK_URL = "invalid_callback_url"
+SIGNATURE_HEADER = "X-NeuroScan-Signature"
+TIMESTAMP_HEADER = "X-NeuroScan-Timestamp"
+EVENT_HEADER = "X-NeuroScan-Event"
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class CheckedURL:
+    """A callback URL that passed the policy, with the address to connect to."""
+
+    url: str
+    host: str
+    address: str
+    port: int
+
+    def pinned_url(self) -> str:
+        """The same URL with the checked address in place of the host name."""
+        parts = urlsplit(self.url)
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return urlunsplit((parts.scheme, f"{host}:{self.port}", parts.path or "/", parts.query, ""))
+
+
+def _refuse(reason: str) -> InputError:
+    return InputError(f"callback_url refused: {reason}.", code=INVALID_CALLBACK_URL)
+
+
+def _forbidden(ip: IPAddress, settings: Settings) -> str | None:
+    """Why this address may not be called, or None."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None if settings.environment != "production" or settings.webhook_allow_private \
+            else "loopback address"
+    if settings.webhook_allow_private:
+        return "multicast address" if ip.is_multicast else None
+    for reason, bad in (("link-local address", ip.is_link_local), ("multicast address", ip.is_multicast),
+                        ("unspecified address", ip.is_unspecified), ("reserved address", ip.is_reserved),
+                        ("private address", ip.is_private or not ip.is_global)):
+        if bad:
+            return reason
+    return None
+
+
+def check_callback_url(url: str | None, settings: Settings | None = None, *,
+                       resolve: bool = True) -> CheckedURL | None:
+    """The URL if we may call it (None for no URL); InputError(invalid_callback_url) if not."""
+    if not url:
+        return None
+    s = settings or get_settings()
+    if len(url) > 2000:
+        raise _refuse("longer than 2000 characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise _refuse("not a valid URL") from exc
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise _refuse("it must be an absolute https URL")
+    if parts.username or parts.password:
+        raise _refuse("credentials in the URL are not accepted")
+    if parts.fragment:
+        raise _refuse("a fragment is not sent to the server")
+    if parts.scheme == "http" and (s.environment == "production" or not _is_loopback_host(host)):
+        raise _refuse("plain http is only allowed to a loopback host outside production")
+    addresses = _resolve(host, port) if resolve else []
+    for ip in addresses:
+        if reason := _forbidden(ip, s):
+            raise _refuse(f"{host} resolves to a {reason}")
+    address = str(addresses[0]) if addresses else host
+    return CheckedURL(url=url, host=host, address=address, port=port)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise _refuse(f"the host {host} does not resolve") from exc
+    found: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if ip not in found:
+            found.append(ip)
+    if not found:
+        raise _refuse(f"the host {host} does not resolve")
+    return found
+
+
+def webhook_secret(settings: Settings | None = None) -> bytes:
+    s = settings or get_settings()
+    if s.webhook_secret:
+        return s.webhook_secret.encode()
+    derived = hmac.new(s.secret_key.encode(), b"neuroscan/webhook/v1", hashlib.sha256).hexdigest()
+    return derived.encode()
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={mac}"
+
+
+def verify(secret: bytes, timestamp: str, body: bytes, signature: str, *,
+           tolerance_s: int = 300, now: float | None = None) -> bool:
+    """What a receiver does: constant-time compare, and refuse stale timestamps."""
+    try:
+        ts = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - ts) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), signature)
+
+
+def build_payload(kind: str, body: dict[str, Any]) -> bytes:
+    """`{"event": "scan.finished", "scan": {...}}` or the batch equivalent, compact JSON."""
+    return json.dumps({"event": f"{kind}.finished", kind: body}, separators=(",", ":"),
+                      sort_keys=True, default=str).encode()
+
+
+def signed_headers(body: bytes, kind: str, settings: Settings | None = None,
+                   timestamp: int | None = None) -> dict[str, str]:
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {"Content-Type": "application/json", "User-Agent": "NeuroScan-Webhook/1",
+            TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(webhook_secret(settings), ts, body),
+            EVENT_HEADER: f"{kind}.finished"}
+
+
+def retryable(status_code: int | None) -> bool:
+    """Network errors, 5xx, 408 and 429 are worth another try; other answers are final."""
+    return status_code is None or status_code >= 500 or status_code in (408, 429)
+
+
+def post(checked: CheckedURL, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """POST to the checked address (Host and TLS name stay the original host); the status code."""
+    import httpx
+
+    request_headers = dict(headers)
+    request_headers["Host"] = checked.host if checked.port in (80, 443) else \
+        f"{checked.host}:{checked.port}"
+    with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+        response = client.post(checked.pinned_url(), content=body, headers=request_headers,
+                               extensions={"sni_hostname": checked.host})
+    return response.status_code
