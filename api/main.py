@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from api.errors import install_error_handlers
-from api.routes import batches, events, health, me, media, reports, scans
+from api.routes import batches, events, health, me, media, reports, scans, web
 from shared.db.session import async_engine
 from shared.settings import get_settings
 
@@ -32,6 +32,7 @@ _ROUTERS: list[APIRouter] = [
     events.router,
     media.router,
     reports.router,
+    web.router,
 ]
 
 

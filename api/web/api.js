@@ -10,7 +10,10 @@ const FRIENDLY = {
   forbidden: "This API key is not allowed to do that.",
   not_found: "That scan could not be found. It may belong to another hospital or have been removed.",
   rate_limited: "Too many requests at once. Please wait a moment and try again.",
+  too_many_requests: "Too many requests at once. Please wait a moment and try again.",
   service_unavailable: "The NeuroScan service is busy or restarting. Please try again in a moment.",
+  unavailable: "The NeuroScan service is busy or restarting. Please try again in a moment.",
+  validation_error: "The service could not read this request. Please reload the page and try again.",
   internal_error: "The NeuroScan service had a problem with this request. Please try again.",
 };
 
@@ -26,11 +29,12 @@ const BY_STATUS = {
 };
 
 export class ApiError extends Error {
-  constructor(message, { status = 0, code = "network_error", offline = false } = {}) {
+  constructor(message, { status = 0, code = "network_error", offline = false, body = null } = {}) {
     super(message);
     this.status = status;
     this.code = code;
     this.offline = offline;
+    this.body = body;  // the parsed error body, for callers that need more than the sentence
   }
 }
 
@@ -87,7 +91,8 @@ export class Api {
     let payload = null;
     try { payload = await response.json(); } catch { /* not JSON: a proxy page, or nothing */ }
     const code = payload && payload.error && payload.error.code ? payload.error.code : `http_${response.status}`;
-    const error = new ApiError(sentenceFor(response.status, payload), { status: response.status, code });
+    const error = new ApiError(sentenceFor(response.status, payload),
+      { status: response.status, code, body: payload });
     if (response.status === 401 && !quietAuth) this.onUnauthorized(error);
     throw error;
   }

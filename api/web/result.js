@@ -108,15 +108,28 @@ function summary(prediction) {
         CLASSES.map((label) => bar(label, probabilities[label], label === prediction.label)))));
 }
 
+// Browsers show PNG and JPEG; a DICOM original cannot go in an <img>.
+const VIEWABLE = /\.(png|jpe?g)(\?|$)/i;
+
 function media(scan, reload) {
-  if (!scan.image_url) return h("div", { class: "viewer-placeholder muted" },
-    scan.state === "failed" ? "No image to show." : "The images appear when the analysis is done.");
+  const preview = scan.preview_url
+    || (scan.image_url && (scan.format !== "dicom" || VIEWABLE.test(scan.image_url)) ? scan.image_url : null);
   let retried = false;
+  // Signed links expire: fetch the scan again once for fresh ones.
+  const onImageError = () => { if (!retried) { retried = true; reload(); } };
+  if (!preview && scan.overlay_url) {
+    // A DICOM original: show the service's own rendering of the slice with its heatmap.
+    return h("figure", { class: "pane" },
+      h("div", { class: "stage stage-static" },
+        h("img", { src: scan.overlay_url, alt: "Slice with Grad-CAM heatmap", onerror: onImageError })),
+      h("figcaption", {}, "Grad-CAM overlay (the DICOM original cannot be shown in the browser)"));
+  }
+  if (!preview) return h("div", { class: "viewer-placeholder muted" },
+    scan.state === "failed" ? "No image to show." : "The images appear when the analysis is done.");
   const viewer = new Viewer({
-    original: scan.image_url,
+    original: preview,
     heat: scan.heatmap_url || scan.overlay_url || null,
-    // Signed links expire: fetch the scan again once for fresh ones.
-    onImageError: () => { if (!retried) { retried = true; reload(); } },
+    onImageError,
   });
   return viewer.element;
 }

@@ -83,31 +83,39 @@ export class Uploads {
     try {
       accepted = await this.api.uploadBatch(files);
     } catch (err) {
-      // One unacceptable file must not sink the others: send each alone, so each says why.
-      if ([400, 413, 415, 422].includes(err.status)) {
+      const refusals = err.body && Array.isArray(err.body.rejected) ? err.body.rejected : null;
+      if (refusals) {
+        // No file was acceptable: the API says why for each one.
+        this.#assign(entries, [], refusals, null);
+      } else if ([400, 413, 415, 422].includes(err.status)) {
+        // One unacceptable request must not sink the files: send each alone, so each says why.
         for (let i = 0; i < files.length; i += 1) await this.#sendOne(files[i], entries[i]);
       } else {
         for (const entry of entries) this.#rejected(entry, err);
       }
       return;
     }
-    const ids = Array.isArray(accepted.scan_ids) ? [...accepted.scan_ids] : [];
-    const watched = [...ids];
-    // The API lists new scans in the order the files were sent, skipping the rejected ones,
-    // which it names (with the reason) in `rejected`.
-    const refusals = Array.isArray(accepted.rejected) ? [...accepted.rejected] : [];
+    const ids = Array.isArray(accepted.scan_ids) ? accepted.scan_ids : [];
+    this.#assign(entries, ids, Array.isArray(accepted.rejected) ? accepted.rejected : [], accepted.id);
+    if (ids.length) this.tracker.watch(`/v1/batches/${encodeURIComponent(accepted.id)}/events`, ids);
+  }
+
+  /** Pair files with the batch's answer: new scan ids in the order the files were sent,
+   * skipping the refused files, which the API names (with the reason) in `rejected`. */
+  #assign(entries, scanIds, rejected, batchId) {
+    const ids = [...scanIds];
+    const refusals = [...rejected];
     for (const entry of entries) {
       const refused = refusals.findIndex((r) => r && r.filename === entry.filename);
       if (refused !== -1) {
         const [refusal] = refusals.splice(refused, 1);
         this.#rejected(entry, { message: (refusal.error && refusal.error.message) || "The service did not accept this file." });
       } else if (ids.length) {
-        this.#accepted(entry, ids.shift(), accepted.id, "queued");
+        this.#accepted(entry, ids.shift(), batchId, "queued");
       } else {
         this.#rejected(entry, { message: "The service did not accept this file." });
       }
     }
-    if (watched.length) this.tracker.watch(`/v1/batches/${encodeURIComponent(accepted.id)}/events`, watched);
   }
 
   #add(fields) {
