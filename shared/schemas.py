@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Batch, ScanResult
+from shared.labels import CLASSES
 
 
 class ErrorBody(BaseModel):
@@ -152,8 +153,11 @@ def scan_out(scan: ScanResult, sign_url: Callable[[str], str]) -> ScanOut:
 
     prediction = None
     if scan.label is not None and scan.probabilities is not None:
+        # In CLASSES order: JSONB does not keep key order.
+        probabilities = {c: float(scan.probabilities[c]) for c in CLASSES
+                         if c in scan.probabilities}
         prediction = Prediction(label=scan.label, confidence=float(scan.confidence or 0.0),
-                                probabilities=scan.probabilities)
+                                probabilities=probabilities)
     model = None
     if scan.model_name:
         model = ModelInfo(name=scan.model_name, version=scan.model_version or "",
