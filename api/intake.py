@@ -14,14 +14,14 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlparse
 
 from fastapi import UploadFile
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
-from shared import errors
+from shared import archive, errors, webhooks
 from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
+from shared.deid import deidentify
 from shared.errors import InputError
 from shared.events import transition
 from shared.imaging import decode_and_check
@@ -69,6 +69,10 @@ def accept_upload(data: bytes, *, filename: str | None, frame: int | None, tenan
 
     Synchronous (decoding is CPU work): routes call it through `run_in_threadpool`."""
     image = decode_and_check(data, frame=frame, settings=settings)
+    if image.format == "dicom":  # de-identified before anything is stored or logged
+        deid = deidentify(data, tenant_id, settings)
+        return AcceptedUpload(data=deid.data, format="dicom", filename=deid.stored_name,
+                              frame=frame, patient_ref=deid.patient_ref, study_ref=deid.study_ref)
     return AcceptedUpload(data=data, format=image.format, filename=_clean_filename(filename),
                           frame=frame)
 
@@ -82,13 +86,17 @@ def _clean_filename(name: str | None) -> str | None:
 
 
 def check_callback_url(url: str | None) -> str | None:
-    if not url:
-        return None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or len(url) > 2000:
-        raise InputError("callback_url must be an absolute http(s) URL.",
-                         code="invalid_callback_url")
-    return url
+    """https only, no private/link-local targets (SSRF): shared.webhooks' policy."""
+    checked = webhooks.check_callback_url(url, get_settings())
+    return checked.url if checked else None
+
+
+def batch_members(data: bytes, filename: str | None,
+                  settings: Settings) -> list[tuple[bytes, str | None]]:
+    """A ZIP (by magic bytes) becomes its member files; anything else is itself."""
+    if not archive.is_zip(data):
+        return [(data, filename)]
+    return [(m.data, m.name) for m in archive.expand_zip(data, settings)]
 
 
 def add_scan(session: AsyncSession, tenant_id: str, upload: AcceptedUpload, *,

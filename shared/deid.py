@@ -87,6 +87,11 @@ class DeidResult:
     study_ref: str
     removed: list[str] = field(default_factory=list)  # keywords or tags acted on, never values
 
+    @property
+    def stored_name(self) -> str:
+        """A neutral file name: the client's may carry a patient name."""
+        return f"{self.study_ref}-{hashlib.sha256(self.data).hexdigest()[:8]}.dcm"
+
 
 @dataclass
 class _Context:

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_batch_files: int = Field(default=1000, ge=1)
     # A ZIP batch: the most bytes its members may expand to, all together (zip bombs).
-    max_archive_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    max_archive_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     min_image_side: int = Field(default=64, ge=8)
     max_image_side: int = Field(default=8192, ge=64)
     max_aspect_ratio: float = Field(default=4.0, ge=1.0)

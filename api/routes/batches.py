@@ -51,21 +51,28 @@ async def create_batch(
         for upload in files:
             try:
                 data = await intake.read_limited(upload, settings.max_upload_bytes)
-                accepted = await run_in_threadpool(
-                    intake.accept_upload, data, filename=upload.filename, frame=None,
-                    tenant_id=tenant.id, settings=settings)
+                members = await run_in_threadpool(  # a ZIP counts as its files
+                    intake.batch_members, data, upload.filename, settings)
             except InputError as exc:
                 rejected.append(RejectedFile(filename=upload.filename,
                                              error=ErrorBody(**exc.as_dict())))
                 continue
             finally:
                 await upload.close()  # frees the spooled temporary file now, not at the end
-            scan = intake.add_scan(session, tenant.id, accepted, batch_id=batch.id,
-                                   callback_url=None)
-            scan_ids.append(scan.id)
-            # Write this file now and let go of its bytes: memory stays one file deep.
-            await session.flush()
-            session.expunge_all()
+            for member, name in members:
+                try:
+                    accepted = await run_in_threadpool(
+                        intake.accept_upload, member, filename=name, frame=None,
+                        tenant_id=tenant.id, settings=settings)
+                except InputError as exc:
+                    rejected.append(RejectedFile(filename=name, error=ErrorBody(**exc.as_dict())))
+                    continue
+                scan = intake.add_scan(session, tenant.id, accepted, batch_id=batch.id,
+                                       callback_url=None)
+                scan_ids.append(scan.id)
+                # Write this file now and let go of its bytes: memory stays one file deep.
+                await session.flush()
+                session.expunge_all()
         if not scan_ids:
             await session.rollback()
             return error_response(
