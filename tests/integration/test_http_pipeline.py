@@ -303,3 +303,13 @@ def test_history_filters_and_pages(client: httpx.Client) -> None:
     page2 = client.get("/v1/scans", params={"page": 2, "page_size": 3}).json()
     assert [s["id"] for s in page2["items"]] == [s["id"] for s in everything["items"][3:6]]
     assert client.get("/v1/scans", params={"label": "banana"}).status_code == 422
+
+
+def test_storage_outage_is_retried_with_backoff(live_stack) -> None:
+    """Cloudinary answers 500 twice: the task retries (backoff) and the third attempt succeeds."""
+    stack = live_stack("pg")
+    stack.standin.fail_uploads = 2
+    with stack.client() as client:
+        body = wait_for_scan(client, _submit(client, brain_png(71)))
+    assert stack.standin.fail_uploads == 0
+    assert body["state"] == "succeeded" and body["attempts"] == 3

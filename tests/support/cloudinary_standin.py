@@ -48,6 +48,8 @@ class CloudinaryStandIn:
     api_secret: str = "standin-secret-not-real"
     assets: dict[tuple[str, str], Asset] = field(default_factory=dict)
     rejected: int = 0
+    # Answer this many coming uploads with HTTP 500, as during an outage.
+    fail_uploads: int = 0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,6 +142,11 @@ def _handler_for(standin: CloudinaryStandIn) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             params, data, filename = _parse_multipart(self.headers.get("Content-Type", ""), body)
+            with standin._lock:
+                outage = standin.fail_uploads > 0
+                standin.fail_uploads -= int(outage)
+            if outage:
+                return self._json(500, {"error": {"message": "stand-in outage"}})
             problem = standin.check(params)
             if problem:
                 standin.rejected += 1
