@@ -1,0 +1,166 @@
+"""The pipeline's plain functions in this process, with real tiny weights, SQLite and disk:
+retry semantics, permanent failures, giving up, batch completion, the stale-scan sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from api.intake import AcceptedUpload, add_scan, new_batch
+from shared.db.migrate import upgrade_to_head
+from shared.db.models import Batch, ScanEvent, ScanResult
+from shared.db.session import sync_session
+from shared.settings import get_settings
+from shared.storage import LocalStorage, StorageError, get_storage
+from tests.support.images import brain_png, colour_photo_png
+from tests.support.inprocess import settings_env
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    with settings_env(database_url=f"sqlite:///{root / 'db.sqlite'}",
+                      broker_url=f"sqla+sqlite:///{root / 'broker.db'}",
+                      media_dir=str(root / "media"), model_dir=str(tiny_model_dir),
+                      model_name="neuroscan-tiny"):
+        upgrade_to_head()
+        from shared.db.tenants import issue_key
+
+        with sync_session() as session:
+            issue_key(session, "pipeline-tests")
+        yield root
+
+
+@pytest.fixture()
+def tenant_id(env: Path) -> str:
+    from shared.db.models import Tenant
+
+    with sync_session() as session:
+        return session.scalar(select(Tenant.id).where(Tenant.name == "pipeline-tests"))
+
+
+def _queue(tenant_id: str, *payloads: bytes, batch: bool = False,
+           callback: str | None = None) -> tuple[list[str], str | None]:
+    with sync_session() as session:
+        batch_row = new_batch(session, tenant_id, callback) if batch else None
+        ids = [add_scan(session, tenant_id, AcceptedUpload(data, "png", f"{i}.png", None),
+                        batch_id=batch_row.id if batch_row else None).id
+               for i, data in enumerate(payloads)]
+        if batch_row:
+            batch_row.total = len(ids)
+    return ids, batch_row.id if batch_row else None
+
+
+def _scan(scan_id: str) -> ScanResult:
+    with sync_session() as session:
+        return session.get(ScanResult, scan_id)
+
+
+def _states(scan_id: str) -> list[str]:
+    with sync_session() as session:
+        return list(session.scalars(select(ScanEvent.state).where(ScanEvent.scan_id == scan_id)
+                                    .order_by(ScanEvent.id)))
+
+
+class _BrokenStorage(LocalStorage):
+    def put(self, *args: object, **kwargs: object) -> str:
+        raise StorageError("disk on fire")
+
+
+def test_transient_storage_error_propagates_and_a_retry_finishes(env: Path, tenant_id: str) -> None:
+    from worker import pipeline
+
+    (scan_id,), _ = _queue(tenant_id, brain_png(1))
+    broken = _BrokenStorage(env / "media", secret_key="x")
+    with pytest.raises(StorageError):
+        pipeline.process_scans([scan_id], storage=broken)
+    row = _scan(scan_id)
+    assert (row.state, row.attempts) == ("processing", 1)  # left for the retry, not failed
+    done = pipeline.process_scans([scan_id])
+    row = _scan(scan_id)
+    assert done == [scan_id] and (row.state, row.attempts) == ("succeeded", 2)
+    assert _states(scan_id) == ["queued", "processing", "succeeded"]
+    assert get_storage().get(row.heatmap_ref).startswith(b"\x89PNG")
+    # Once final, another delivery is a no-op.
+    assert pipeline.process_scans([scan_id]) == []
+    assert _scan(scan_id).attempts == 2
+
+
+def test_permanent_failures_are_final_without_retry(env: Path, tenant_id: str) -> None:
+    from worker import pipeline
+
+    (garbage, photo), _ = _queue(tenant_id, b"\x89PNG\r\n\x1a\n" + b"\0" * 64, colour_photo_png())
+    assert sorted(pipeline.process_scans([garbage, photo])) == sorted([garbage, photo])
+    assert (_scan(garbage).state, _scan(garbage).error_code) == ("failed", "undecodable_image")
+    assert (_scan(photo).state, _scan(photo).error_code) == ("failed", "not_brain_mri")
+    assert _scan(photo).image_ref is not None  # the rejected original is kept for review
+
+
+def test_giving_up_marks_unfinished_scans_failed(env: Path, tenant_id: str) -> None:
+    from worker import pipeline
+
+    (done_id, stuck_id), _ = _queue(tenant_id, brain_png(2), brain_png(3))
+    pipeline.process_scans([done_id])
+    failed = pipeline.fail_unfinished([done_id, stuck_id], "processing_error", "gave up")
+    assert failed == [stuck_id]
+    assert _scan(done_id).state == "succeeded"
+    stuck = _scan(stuck_id)
+    assert (stuck.state, stuck.error_code, stuck.error_message) == (
+        "failed", "processing_error", "gave up")
+    assert _states(stuck_id) == ["queued", "failed"]
+
+
+def test_batch_completion_is_announced_once(env: Path, tenant_id: str) -> None:
+    from worker import pipeline
+
+    calls: list[tuple[str, str]] = []
+    (a, b), batch_id = _queue(tenant_id, brain_png(4), brain_png(5), batch=True,
+                              callback="https://ris.example.org/hook")
+    pipeline.process_scans([a], notify=lambda *call: calls.append(call))
+    assert calls == []  # one scan of two: not done yet
+    pipeline.process_scans([b], notify=lambda *call: calls.append(call))
+    assert calls == [(batch_id, "batch")]
+    pipeline.fail_unfinished([a, b], "x", "y", notify=lambda *call: calls.append(call))
+    assert calls == [(batch_id, "batch")]
+    with sync_session() as session:
+        assert session.get(Batch, batch_id).finished_at is not None
+
+
+def test_single_scan_with_callback_is_announced(env: Path, tenant_id: str) -> None:
+    from api.intake import AcceptedUpload as Upload
+    from worker import pipeline
+
+    with sync_session() as session:
+        scan_id = add_scan(session, tenant_id, Upload(brain_png(6), "png", "c.png", None),
+                           callback_url="https://ris.example.org/hook").id
+    calls: list[tuple[str, str]] = []
+    pipeline.process_scans([scan_id], notify=lambda *call: calls.append(call))
+    assert calls == [(scan_id, "scan")]
+
+
+def test_stale_sweep_finds_long_queued_scans(env: Path, tenant_id: str) -> None:
+    from worker import pipeline
+
+    (scan_id,), _ = _queue(tenant_id, brain_png(7))
+    assert scan_id in pipeline.stale_scan_ids(0, 3600)
+    assert scan_id not in pipeline.stale_scan_ids(3600, 3600)
+
+
+def test_task_and_app_configuration(env: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from worker import tasks
+    from worker.celery_app import app
+
+    task = app.tasks["neuroscan.process_scans"]
+    assert StorageError in task.autoretry_for and OperationalError in task.autoretry_for
+    assert task.max_retries == get_settings().task_max_retries and task.retry_backoff
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.worker_prefetch_multiplier == get_settings().worker_prefetch_multiplier
+    assert conf.task_serializer == "json" and conf.task_ignore_result
+    assert tasks.process_scans.name == "neuroscan.process_scans"
