@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -123,7 +124,7 @@ class ScanResult(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(default=0)
     label: Mapped[str | None] = mapped_column(String(32), default=None)
-    confidence: Mapped[float | None] = mapped_column(default=None)
+    confidence: Mapped[float | None] = mapped_column(Float, default=None)
     probabilities: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     gate: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     model_name: Mapped[str | None] = mapped_column(String(100), default=None)
