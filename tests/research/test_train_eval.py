@@ -1,0 +1,92 @@
+"""Training, evaluation and the model CLI on a tiny synthetic dataset (real generator, tiny net)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from research.evaluate import evaluate_folder, write_reports
+from research.synth.generate import generate_dataset
+from research.train import TrainOptions, list_folder, load_folder, stratified_split, train_model
+from shared.labels import CLASSES
+from worker.model import load_model
+
+NAME = "tiny-trained"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, 32, seed=5, size=128, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    train_model(TrainOptions(data=dataset, out=out, epochs=1, batch_size=8, val_fraction=0.25,
+                             seed=3, input_size=64, name=NAME, tiny=True, progress=False))
+    return out
+
+
+def test_folder_listing_and_split(dataset: Path) -> None:
+    files, labels = list_folder(dataset)
+    assert len(files) == 32 and sorted(set(labels.tolist())) == [0, 1, 2, 3]
+    assert all(f.parent.name == CLASSES[lab] for f, lab in zip(files, labels, strict=True))
+    train, val = stratified_split(labels, 0.25, seed=1)
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 32
+    assert sorted(set(labels[val].tolist())) == [0, 1, 2, 3]  # every class validated
+    images, _, _ = load_folder(dataset, 64, workers=1)
+    assert images.shape == (32, 64, 64) and images.dtype.name == "uint8"
+
+
+def test_training_writes_a_loadable_card(model_dir: Path, dataset: Path) -> None:
+    model = load_model(model_dir, NAME)
+    card = model.card
+    assert card["training"]["n_train"] == 24 and card["training"]["n_validation"] == 8
+    assert card["training"]["data_source"]["params"] == {"n_images": 32, "seed": 5, "size": 128}
+    assert card["training"]["epochs_run"] == 1
+    assert 0.05 <= card["temperature"] <= 20.0
+    val = card["metrics"]["validation"]
+    assert val["n"] == 8 and 0.0 <= val["accuracy"] <= 1.0
+    assert val["nll_after_t"] <= val["nll_before_t"] + 1e-9  # T is fitted to minimise NLL
+
+
+def test_evaluation_report(model_dir: Path, dataset: Path, tmp_path: Path) -> None:
+    report = evaluate_folder(dataset, model_dir, name=NAME, update_card=True, with_ood=False)
+    cls, loc = report["classification"], report["localisation"]
+    assert cls["n"] == 32
+    assert sum(map(sum, cls["confusion_matrix"]["counts"])) == 32
+    assert set(cls["per_class"]) == set(CLASSES)
+    assert 0.0 <= cls["ece_after_t"] <= 1.0 and 0.0 <= cls["accuracy"] <= 1.0
+    assert loc["n_with_mask"] == 24  # every tumour image has a mask, notumor none
+    assert 0.0 <= loc["pointing_game"] <= loc["pointing_game_tolerant"] <= 1.0
+    assert 0.0 <= loc["energy_inside_lesion"] <= 1.0
+    assert 0.0 <= report["gate"]["false_reject_rate"] <= 1.0
+    card = load_model(model_dir, NAME).card  # the weights hash still matches after the update
+    assert card["metrics"]["test"]["accuracy"] == report["summary"]["accuracy"]
+    jpath, mpath = write_reports(report, tmp_path / "eval")
+    assert json.loads(jpath.read_text())["summary"] == report["summary"]
+    md = mpath.read_text()
+    assert "| accuracy |" in md and "Confusion matrix" in md and "pointing game" in md
+
+
+def test_predict_cli_prints_one_json_line_per_file(model_dir: Path, dataset: Path, tmp_path: Path) -> None:
+    from cli.main import app
+
+    files, _ = list_folder(dataset)
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    result = CliRunner().invoke(app, ["predict", str(files[0]), str(files[-1]), str(not_an_image),
+                                      "--model-dir", str(model_dir), "--name", NAME])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert [line["file"] for line in lines] == [str(files[0]), str(files[-1]), str(not_an_image)]
+    for line in lines[:2]:
+        assert line["gate"]["accepted"] is True and line["gate"]["code"] == "ok"
+        assert line["label"] in CLASSES
+        assert set(line["probabilities"]) == set(CLASSES)
+    assert lines[2]["label"] is None and lines[2]["error"]["code"] == "unsupported_media_type"
