@@ -35,15 +35,37 @@ _DOCUMENT_SOP_CLASSES = frozenset(f"1.2.840.10008.5.1.4.1.1.104.{n}" for n in ra
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def read_dataset(data: bytes) -> Any:
+def read_dataset(data: bytes, settings: Settings | None = None) -> Any:
     """Parse a Part 10 file; InputError (no values quoted) when it is not one."""
     import pydicom
 
+    _check_deflate_bomb(data, settings or get_settings())
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types for corrupt files
         raise InputError(f"The DICOM file could not be read ({type(exc).__name__}).",
                          code=errors.UNDECODABLE) from exc
+
+
+def _check_deflate_bomb(data: bytes, s: Settings) -> None:
+    """pydicom inflates a Deflated dataset whole and unbounded: measure it first, bounded."""
+    import zlib
+
+    # The file meta group starts with its (required) group length, explicit VR little endian.
+    if data[132:138] != b"\x02\x00\x00\x00UL":
+        return
+    start = 144 + int.from_bytes(data[140:144], "little")
+    if b"1.2.840.10008.1.2.1.99" not in data[144:start]:
+        return
+    limit = 8 * s.max_upload_bytes
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(data[start:], limit)
+    except zlib.error as exc:
+        raise InputError("The deflated DICOM data is corrupt.", code=errors.UNDECODABLE) from exc
+    if inflater.unconsumed_tail:
+        raise InputError(f"The deflated DICOM data expands beyond {limit} bytes.",
+                         code=errors.FILE_TOO_LARGE, http_status=413)
 
 
 def check_dataset(ds: Any, settings: Settings) -> None:
@@ -70,7 +92,7 @@ def decode_dicom(data: bytes, *, frame: int | None = None,
                  settings: Settings | None = None) -> DecodedImage:
     """One frame of a DICOM file as float32 pixels in [0, 1] (the middle frame by default)."""
     s = settings or get_settings()
-    ds = read_dataset(data)
+    ds = read_dataset(data, s)
     check_dataset(ds, s)
     syntax = _check_transfer_syntax(ds)
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)

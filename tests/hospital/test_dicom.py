@@ -149,6 +149,20 @@ def test_truncated_pixel_data_is_undecodable() -> None:
     assert err.value.code == "undecodable_image" and "DOE" not in err.value.message
 
 
+def test_deflate_bomb_is_refused_before_inflating() -> None:
+    ds = mr_dataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.add_new(0x00091010, "OB", b"\0" * (4 << 20))  # 4 MiB of zeros deflate to a few KiB
+    ds.add_new(0x00090010, "LO", "PADDING")
+    data = to_bytes(ds)
+    assert len(data) < 64 * 1024
+    small = Settings(max_upload_bytes=256 * 1024)  # inflation limit: 8x, so 2 MiB
+    with pytest.raises(InputError) as err:
+        decode_dicom(data, settings=small)
+    assert err.value.code == "file_too_large" and err.value.http_status == 413
+    assert decode_dicom(data, settings=S).pixels.shape == (96, 96)
+
+
 # --- transfer syntaxes: every one we claim, built here and decoded ---------------------------
 
 def _reference(bits: int = 16) -> tuple[Dataset, np.ndarray]:
