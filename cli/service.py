@@ -79,7 +79,8 @@ def _worker_argv(pool: str, concurrency: int | None) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
             "--pool", pool, "--concurrency", str(concurrency or s.worker_concurrency),
             "--queues", s.queue_name, "--events", "--loglevel", s.log_level,
-            "--hostname", f"neuroscan@{os.uname().nodename}-{os.getpid()}"]
+            # %h: the host name, unique per container, so health checks can ping this node.
+            "--hostname", "neuroscan@%h"]
 
 
 def worker(
