@@ -22,7 +22,7 @@ from shared.settings import Settings, get_settings
 router = APIRouter(include_in_schema=False)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-_CLOUDINARY_DELIVERY = "https://res.cloudinary.com"
+_CLOUDINARY_HOSTS = ["https://api.cloudinary.com", "https://res.cloudinary.com"]
 
 # Assets are revalidated on every load (cheap with the ETag), so a deploy shows at once.
 _CACHE_ASSET = "no-cache"
@@ -82,16 +82,22 @@ def _image_hosts(settings: Settings) -> list[str]:
     hosts: list[str] = []
     cloudinary = settings.cloudinary
     if cloudinary is not None:
-        hosts.append(_CLOUDINARY_DELIVERY)
+        # Authenticated assets are delivered as signed download links from the API host.
+        hosts += _CLOUDINARY_HOSTS
         # A private CDN name, when the account has one (cloudinary://…?secure_distribution=…).
         for key in ("secure_distribution", "cname"):
             if cloudinary.get(key):
                 hosts.append("https://" + cloudinary[key].strip("/"))
-    if settings.public_base_url:
-        parsed = urlparse(settings.public_base_url)
-        if parsed.scheme and parsed.netloc:
-            hosts.append(f"{parsed.scheme}://{parsed.netloc}")
+        # Where the SDK sends its calls instead of Cloudinary (a proxy, or a test stand-in).
+        prefix = settings.cloudinary_upload_prefix or cloudinary.get("upload_prefix")
+        hosts += _origin(prefix)
+    hosts += _origin(settings.public_base_url)
     return list(dict.fromkeys(hosts))
+
+
+def _origin(url: str | None) -> list[str]:
+    parsed = urlparse(url or "")
+    return [f"{parsed.scheme}://{parsed.netloc}"] if parsed.scheme and parsed.netloc else []
 
 
 def _security_headers(settings: Settings) -> dict[str, str]:

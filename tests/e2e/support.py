@@ -1,0 +1,122 @@
+"""Helpers for driving the clinician's page in Chromium: pages, sign-in, uploads, screenshots,
+and pausing a stack's worker so that a scan stays in flight for as long as a test needs."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect
+
+from tests.support.stack import LiveStack
+
+PAGE_SIZE = 15  # rows per history page (api/web/history.js)
+SCREENSHOT_DIR = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOT_MAX_BYTES = 300 * 1024
+
+
+def band_for(confidence: float) -> str:
+    """The band the page must show: High >= 0.90, Review 0.70-0.90, below that expert review."""
+    if confidence >= 0.9:
+        return "High confidence"
+    if confidence >= 0.7:
+        return "Review"
+    return "Expert review required"
+
+
+@contextlib.contextmanager
+def open_page(browser: Browser, *, width: int = 1280, height: int = 800,
+              scheme: str = "light") -> Iterator[tuple[Page, list[str]]]:
+    """A fresh context (own storage) and page; yields the page and its uncaught errors."""
+    context = browser.new_context(viewport={"width": width, "height": height},
+                                  color_scheme=scheme, accept_downloads=True)  # type: ignore[arg-type]
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page, errors
+    finally:
+        context.close()
+
+
+def sign_in(page: Page, stack: LiveStack) -> None:
+    expect(page.locator("#view-signin")).to_be_visible()
+    page.fill("#api-key", stack.api_key)
+    page.click("#signin-submit")
+    expect(page.locator("#view-analyse")).to_be_visible()
+    expect(page.locator("#tenant-name")).to_have_text(stack.tenant)
+
+
+def upload_via_picker(page: Page, paths: list[Path]) -> None:
+    page.set_input_files("#file-input", [str(p) for p in paths])
+
+
+def drop_files(page: Page, selector: str, paths: list[Path]) -> None:
+    """Drag files from the desktop onto `selector`: a real DataTransfer carrying File objects."""
+    payload = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in paths]
+    transfer = page.evaluate_handle("""(files) => {
+        const transfer = new DataTransfer();
+        for (const f of files) {
+            const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], f.name));
+        }
+        return transfer;
+    }""", payload)
+    for event in ("dragenter", "dragover", "drop"):
+        page.dispatch_event(selector, event, {"dataTransfer": transfer})
+
+
+def save_screenshot(page: Page, name: str, *, full_page: bool = False) -> bytes:
+    """Take a screenshot; with NEUROSCAN_SCREENSHOTS=1 also write docs/screenshots/<name>.png,
+    reduced to a 256-colour palette so each stays small enough for the repository."""
+    png = page.screenshot(full_page=full_page, animations="disabled", caret="hide")
+    assert png.startswith(b"\x89PNG")
+    if os.environ.get("NEUROSCAN_SCREENSHOTS") == "1":
+        with Image.open(io.BytesIO(png)) as shot:
+            small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                                 dither=Image.Dither.NONE)
+            out = io.BytesIO()
+            small.save(out, format="PNG", optimize=True)
+        data = out.getvalue()
+        assert len(data) < SCREENSHOT_MAX_BYTES, f"{name}.png is {len(data)} bytes"
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOT_DIR / f"{name}.png").write_bytes(data)
+    return png
+
+
+def _worker_pids(stack: LiveStack) -> list[int]:
+    """The Celery worker process(es) of this stack: the only ones consuming its own queue."""
+    queue = stack.env["QUEUE_NAME"]
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"celery" in b" ".join(argv) and queue.encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+@contextlib.contextmanager
+def worker_paused(stack: LiveStack) -> Iterator[None]:
+    """Freeze the stack's worker (SIGSTOP) so scans stay queued; always thawed (SIGCONT)."""
+    pids = _worker_pids(stack)
+    assert pids, "the stack's worker process was not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
