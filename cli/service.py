@@ -126,20 +126,31 @@ def serve(
         typer.secho(f"warning: no model card {card}; scans will fail until a model is trained "
                     "(see README: neuroscan train)", fg="yellow", err=True)
     bind_host, bind_port = host or s.host, port or s.port
-    worker_proc = subprocess.Popen(_worker_argv("solo", 1))
-    url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
-    typer.secho(f"\nNeuroScan is running at {url}  (web page: {url}/app, API docs: {url}/docs)",
-                fg="green", bold=True)
-    typer.echo(f"API key (tenant '{LOCAL_TENANT}'): {key}\n")
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception (from
+    # before the worker exists) so that the worker is always stopped, never orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    worker_proc: subprocess.Popen[bytes] | None = None
     try:
+        worker_proc = subprocess.Popen(_worker_argv("solo", 1))
+        url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
+        typer.secho(f"\nNeuroScan is running at {url}  (web page: {url}/app, API docs: {url}/docs)",
+                    fg="green", bold=True)
+        typer.echo(f"API key (tenant '{LOCAL_TENANT}'): {key}\n")
         uvicorn.run("api.main:app", host=bind_host, port=bind_port,
                     log_level=s.log_level.lower())
+    except SystemExit:
+        pass
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+        if worker_proc is not None:
+            worker_proc.send_signal(signal.SIGTERM)
+            try:
+                worker_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def requeue(

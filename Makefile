@@ -1,0 +1,49 @@
+# NeuroScan: `make run` (embedded API + worker) and `make test` on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Reinstall only when the requirements or the package metadata change.
+STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements/api.txt requirements/worker.txt requirements/dev.txt pyproject.toml
+
+.PHONY: help venv run test bench lint flower
+
+help:
+	@echo "make run     start the API and a worker on the embedded defaults (PORT=8000)"
+	@echo "make test    start PostgreSQL/Redis if needed, run the whole test suite"
+	@echo "make bench   Grad-CAM overhead and pipeline throughput benchmarks (JSON in bench/results)"
+	@echo "make lint    ruff"
+	@echo "make flower  Flower on BROKER_URL with basic auth (FLOWER_USER, FLOWER_PASSWORD)"
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) $(REQUIREMENTS)
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(VENV)/bin/neuroscan serve
+
+test: venv
+	scripts/ensure_services.sh
+	$(VENV)/bin/pytest
+
+bench: venv
+	$(PY) -m bench.gradcam_overhead
+	$(PY) -m bench.pipeline_throughput
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+flower: venv
+	$(VENV)/bin/celery --broker="$${BROKER_URL:-redis://127.0.0.1:6379/0}" flower \
+		--port="$${FLOWER_PORT:-5555}" \
+		--basic-auth="$${FLOWER_USER:-admin}:$${FLOWER_PASSWORD:?set FLOWER_PASSWORD}"
