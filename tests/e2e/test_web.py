@@ -427,8 +427,15 @@ def test_images_from_cloud_storage_load_under_the_policy(
         cloud_stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
     page.goto(f"{cloud_stack.base_url}/app")
     sign_in(page, cloud_stack)
-    upload_via_picker(page, [slices["notumor"]])
-    expect(page.locator("#verdict")).to_be_visible(timeout=DONE_TIMEOUT_MS)
+    cases = [slices["glioma"], slices["meningioma"], slices["notumor"]]
+    with worker_paused(cloud_stack):  # hold them in the queue long enough to be seen there
+        upload_via_picker(page, cases)
+        expect(page.locator('.scan-item[data-state="queued"]')).to_have_count(3)
+        expect(page.locator('.scan-item[data-state="queued"] .badge').first).to_have_text("Queued")
+        save_screenshot(page, "live-status")
+    expect(page.locator('.scan-item[data-state="succeeded"]')).to_have_count(3, timeout=DONE_TIMEOUT_MS)
+    page.locator(f'.scan-item[data-filename="{slices["notumor"].name}"] button').click()
+    expect(page.locator("#verdict")).to_be_visible()
     assert cloud_stack.standin is not None
     images = page.locator(".viewer img")
     expect(images).to_have_count(3)  # the original, and the original under the heatmap
