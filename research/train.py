@@ -17,13 +17,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from shared.imaging import decode_image
 from shared.labels import CLASSES
-from shared.preprocessing import PREPROCESSING_ID, preprocess
+from shared.preprocessing import PREPROCESSING_ID, crop_box_for, preprocess, to_model_frame
 from shared.settings import get_settings
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
@@ -42,6 +43,7 @@ class TrainOptions:
     tiny: bool = False
     learning_rate: float = 3e-3
     patience: int = 4
+    lesion_weight: float = 1.0  # auxiliary lesion-map loss, used when the folder has masks/
     time_budget_s: float | None = None
     progress: bool | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
 
@@ -61,32 +63,54 @@ def list_folder(data: Path) -> tuple[list[Path], np.ndarray]:
     return files, np.asarray(labels, dtype=np.int64)
 
 
-def _load_one(job: tuple[Path, int]) -> np.ndarray:
-    path, size = job
-    model_input = preprocess(decode_image(path.read_bytes()).pixels, size)[..., 0]
-    return np.round(model_input * 255.0).astype(np.uint8)  # 8-bit in memory: 4x less RAM
+class Loaded(NamedTuple):
+    images: np.ndarray  # uint8 (N, S, S): preprocess() output scaled to 0..255
+    masks: np.ndarray | None  # uint8 (N, S, S) lesion masks in the model frame, when the folder has masks/
+    labels: np.ndarray
+    files: list[Path]
 
 
-def load_folder(data: Path, size: int, *, workers: int = 2) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """(uint8 (N,S,S) preprocessed images, labels, files); cached under var/cache by content key."""
+def mask_path(data: Path, image_path: Path) -> Path:
+    """Where the generator (and any annotated dataset) keeps an image's lesion mask."""
+    return Path(data) / "masks" / image_path.parent.name / f"{image_path.stem}.png"
+
+
+def _load_one(job: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    path, mpath, size = job
+    pixels = decode_image(path.read_bytes()).pixels
+    image = np.round(preprocess(pixels, size)[..., 0] * 255.0).astype(np.uint8)  # 8-bit: 4x less RAM
+    if mpath is None:
+        return image, None
+    mask = np.asarray(Image.open(mpath).convert("L"), dtype=np.float32) / 255.0 if mpath.is_file() \
+        else np.zeros(pixels.shape[:2], np.float32)
+    # The same crop, pad and resize as the image, so the mask stays on the lesion.
+    framed = to_model_frame(mask, crop_box_for(pixels), size)
+    return image, np.round(framed * 255.0).astype(np.uint8)
+
+
+def load_folder(data: Path, size: int, *, workers: int = 2) -> Loaded:
+    """Preprocessed images (and masks, if data/masks/ exists); cached under var/cache by content key."""
     files, labels = list_folder(data)
-    key = hashlib.sha256(f"{PREPROCESSING_ID}|{size}".encode())
+    with_masks = (Path(data) / "masks").is_dir()
+    key = hashlib.sha256(f"{PREPROCESSING_ID}|{size}|{with_masks}".encode())
     for f in files:
         st = f.stat()
         key.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    cache = get_settings().var_dir / "cache" / f"preprocessed-{key.hexdigest()[:20]}.npy"
+    cache = get_settings().var_dir / "cache" / f"preprocessed-{key.hexdigest()[:20]}.npz"
     if cache.is_file():
-        return np.load(cache), labels, files
-    jobs = [(f, size) for f in files]
+        with np.load(cache) as z:
+            return Loaded(z["images"], z["masks"] if with_masks else None, labels, files)
+    jobs = [(f, mask_path(data, f) if with_masks else None, size) for f in files]
     if workers > 1 and len(jobs) > 64:
         with mp.get_context("fork").Pool(workers) as pool:
-            images = pool.map(_load_one, jobs, chunksize=32)
+            loaded = pool.map(_load_one, jobs, chunksize=32)
     else:
-        images = [_load_one(j) for j in jobs]
-    arr = np.stack(images)
+        loaded = [_load_one(j) for j in jobs]
+    images = np.stack([img for img, _ in loaded])
+    masks = np.stack([m for _, m in loaded]) if with_masks else None  # type: ignore[misc]
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, arr)
-    return arr, labels, files
+    np.savez(cache, images=images, **({"masks": masks} if masks is not None else {}))
+    return Loaded(images, masks, labels, files)
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,29 +124,48 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _augmenter(seed: int):  # noqa: ANN202 - returns a tf.data map function
+def _augmenter(seed: int, cam_resolution: int):  # noqa: ANN202 - returns a tf.data map function
     import keras
     import tensorflow as tf
 
-    geometry = keras.Sequential([
-        keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed),  # about ±11 degrees
-        keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 1),
-        keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 2),
-    ])
+    rotate = keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed)  # about ±11°
 
-    def augment(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x = tf.cast(x, tf.float32)[..., tf.newaxis] / 255.0
-        n = tf.shape(x)[0]
+    def augment(x: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        # Image and mask travel as two channels of one tensor, so geometry moves both alike.
+        both = tf.cast(tf.stack([x, m], axis=-1), tf.float32) / 255.0
+        n = tf.shape(both)[0]
         flip = tf.random.uniform([n, 1, 1, 1]) < 0.5  # left-right only: skull base stays below
-        x = tf.where(flip, tf.reverse(x, axis=[2]), x)
-        x = geometry(x, training=True)
+        both = rotate(tf.where(flip, tf.reverse(both, axis=[2]), both), training=True)
+        x, m = both[..., :1], both[..., 1:]
         gamma = tf.exp(tf.random.uniform([n, 1, 1, 1], -0.3, 0.3))
         x = tf.clip_by_value(x, 0.0, 1.0) ** gamma
         x = x * tf.random.uniform([n, 1, 1, 1], 0.85, 1.15) + tf.random.uniform([n, 1, 1, 1], -0.05, 0.05)
         x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform([n, 1, 1, 1], 0.0, 0.03)
-        return tf.clip_by_value(x, 0.0, 1.0), y
+        k = x.shape[1] // cam_resolution
+        lesion = tf.nn.avg_pool2d(m, k, k, "VALID")  # share of each CAM cell covered by lesion
+        return tf.clip_by_value(x, 0.0, 1.0), {"logits": y, "lesion": lesion}
 
     return augment
+
+
+def lesion_loss(target: Any, logits: Any) -> Any:
+    """Weighted BCE on the 16x16 lesion map: lesion cells are rare, so they count 5x."""
+    import tensorflow as tf
+
+    return tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(target, logits, pos_weight=5.0),
+                          axis=[1, 2, 3])
+
+
+def training_model(base: Any, cam_layer: str) -> Any:
+    """The served network plus an auxiliary 1x1-conv lesion map on the Grad-CAM layer.
+
+    With lesion masks (the synthetic data has them) this deep supervision teaches the last
+    conv block where lesions are, far faster than the class label alone; the auxiliary head
+    is dropped after training (only `base` is saved), so serving is unchanged."""
+    import keras
+
+    aux = keras.layers.Conv2D(1, 1, name="aux_lesion")(base.get_layer(cam_layer).output)
+    return keras.Model(base.inputs[0], {"logits": base.outputs[0], "lesion": aux}, name="trainer")
 
 
 def _manifest_info(data: Path) -> dict[str, Any]:
@@ -134,7 +177,8 @@ def _manifest_info(data: Path) -> dict[str, Any]:
 
 
 class _TimeBudget:
-    """Keras callback factory: stop after the epoch that crosses the time budget."""
+    """Keras callback factory: stop when another epoch as long as the slowest so far would
+    overrun the time budget."""
 
     @staticmethod
     def make(budget_s: float):  # noqa: ANN205
@@ -142,11 +186,15 @@ class _TimeBudget:
 
         class TimeBudget(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):  # noqa: ANN001, ANN202
-                self.start = time.monotonic()
+                self.start = self.last = time.monotonic()
+                self.longest = 0.0
 
             def on_epoch_end(self, epoch, logs=None):  # noqa: ANN001, ANN202
-                if time.monotonic() - self.start > budget_s:
-                    print(f"time budget of {budget_s:.0f}s reached after epoch {epoch + 1}", flush=True)
+                now = time.monotonic()
+                self.longest, self.last = max(self.longest, now - self.last), now
+                if now - self.start + self.longest > budget_s:
+                    print(f"stopping after epoch {epoch + 1}: another would pass the "
+                          f"{budget_s:.0f}s budget", flush=True)
                     self.model.stop_training = True
 
         return TimeBudget()
@@ -155,11 +203,14 @@ class _TimeBudget:
 def train_model(opts: TrainOptions) -> Path:
     """Train, calibrate, save `<name>.weights.h5` + card; returns the weights path."""
     t0 = time.monotonic()
-    images, labels, _ = load_folder(opts.data, opts.input_size)  # forks workers: before TF starts threads
+    loaded = load_folder(opts.data, opts.input_size)  # forks workers: before TF starts threads
+    images, labels = loaded.images, loaded.labels
+    masks = loaded.masks if loaded.masks is not None and opts.lesion_weight > 0 else None
     tr, va = stratified_split(labels, opts.val_fraction, opts.seed)
     if len(va) == 0:
         raise ValueError("the validation split is empty: add images or raise --val-fraction")
-    print(f"data: {len(tr)} train, {len(va)} validation images at {opts.input_size}px "
+    print(f"data: {len(tr)} train, {len(va)} validation images at {opts.input_size}px, "
+          f"lesion masks: {'yes' if masks is not None else 'no'} "
           f"(loaded in {time.monotonic() - t0:.0f}s)", flush=True)
 
     import keras
@@ -170,33 +221,42 @@ def train_model(opts: TrainOptions) -> Path:
 
     config = (ModelConfig.tiny(name=opts.name, input_size=opts.input_size) if opts.tiny
               else ModelConfig(name=opts.name, input_size=opts.input_size))
-
     keras.utils.set_random_seed(opts.seed)
-    train_ds = (tf.data.Dataset.from_tensor_slices((images[tr], labels[tr]))
+    # Without masks the lesion head gets all-zero targets at zero weight: one code path.
+    mask_arr = masks if masks is not None else np.zeros_like(images[:, :1, :1])
+    mask_tr = mask_arr[tr] if masks is not None else np.zeros((len(tr), *images.shape[1:]), np.uint8)
+    train_ds = (tf.data.Dataset.from_tensor_slices((images[tr], mask_tr, labels[tr]))
                 .shuffle(len(tr), seed=opts.seed, reshuffle_each_iteration=True)
                 .batch(opts.batch_size, drop_remainder=len(tr) >= opts.batch_size)
-                .map(_augmenter(opts.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                .map(_augmenter(opts.seed, config.cam_resolution), num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(2))
     x_val = images[va].astype(np.float32)[..., np.newaxis] / 255.0
     y_val = labels[va]
+    k = config.input_size // config.cam_resolution
+    m_val = (mask_arr[va].astype(np.float32)[..., np.newaxis] / 255.0 if masks is not None
+             else np.zeros((len(va), *images.shape[1:], 1), np.float32))
+    m_val = m_val.reshape(len(va), config.cam_resolution, k, config.cam_resolution, k, 1).mean(axis=(2, 4))
 
     model = build_model(config)
+    trainer = training_model(model, config.cam_layer)
     steps = max(1, len(train_ds)) * opts.epochs
     schedule = keras.optimizers.schedules.CosineDecay(
         opts.learning_rate * 0.1, decay_steps=steps, warmup_target=opts.learning_rate,
         warmup_steps=min(steps // 10, 300))
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+                    loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          "lesion": lesion_loss},
+                    loss_weights={"logits": 1.0, "lesion": opts.lesion_weight if masks is not None else 0.0},
+                    metrics={"logits": ["accuracy"]})
     callbacks: list[Any] = [keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=opts.patience, restore_best_weights=True)]
+        monitor="val_logits_loss", mode="min", patience=opts.patience, restore_best_weights=True)]
     if opts.time_budget_s:
         callbacks.append(_TimeBudget.make(opts.time_budget_s))
     progress = sys.stdout.isatty() if opts.progress is None else opts.progress
     t_fit = time.monotonic()
-    history = model.fit(train_ds, validation_data=(x_val, y_val), batch_size=opts.batch_size,
-                        epochs=opts.epochs, callbacks=callbacks, shuffle=False,
-                        verbose=1 if progress else 2)
+    history = trainer.fit(train_ds, validation_data=(x_val, {"logits": y_val, "lesion": m_val}),
+                          batch_size=opts.batch_size, epochs=opts.epochs, callbacks=callbacks,
+                          shuffle=False, verbose=1 if progress else 2)
     fit_s = time.monotonic() - t_fit
 
     val_logits = model.predict(x_val, batch_size=128, verbose=0)
@@ -209,8 +269,9 @@ def train_model(opts: TrainOptions) -> Path:
         "val_fraction": opts.val_fraction, "epochs_planned": opts.epochs,
         "epochs_run": len(history.history["loss"]), "batch_size": opts.batch_size,
         "optimizer": f"AdamW, cosine decay from {opts.learning_rate:g}, weight decay 1e-4",
-        "augmentation": "left-right flip, rotation ±11°, zoom ±10%, shift ±5%, gamma, "
-                        "contrast/brightness, Gaussian noise",
+        "augmentation": "left-right flip, rotation ±11°, gamma, contrast/brightness, Gaussian noise",
+        "lesion_supervision": (f"auxiliary 1x1-conv lesion map on {config.cam_layer}, weighted BCE, "
+                               f"weight {opts.lesion_weight:g} (training only)") if masks is not None else None,
         "train_seconds": round(fit_s, 1),
         "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
     }

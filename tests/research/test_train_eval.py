@@ -39,8 +39,11 @@ def test_folder_listing_and_split(dataset: Path) -> None:
     train, val = stratified_split(labels, 0.25, seed=1)
     assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 32
     assert sorted(set(labels[val].tolist())) == [0, 1, 2, 3]  # every class validated
-    images, _, _ = load_folder(dataset, 64, workers=1)
-    assert images.shape == (32, 64, 64) and images.dtype.name == "uint8"
+    loaded = load_folder(dataset, 64, workers=1)
+    assert loaded.images.shape == (32, 64, 64) and loaded.images.dtype.name == "uint8"
+    assert loaded.masks is not None and loaded.masks.shape == (32, 64, 64)
+    has_lesion = loaded.masks.reshape(32, -1).max(axis=1) > 127
+    assert has_lesion.tolist() == (labels != CLASSES.index("notumor")).tolist()
 
 
 def test_training_writes_a_loadable_card(model_dir: Path, dataset: Path) -> None:
