@@ -123,10 +123,10 @@ function showView(name) {
   $("#sign-out").hidden = !signedIn;
   $("#tenant").hidden = !signedIn;
   if (name === "history") history.load();
-  if (signedIn && location.hash !== `#${name}`) history_replace(`#${name}`);
+  if (signedIn && location.hash !== `#${name}`) replaceHash(`#${name}`);
 }
 
-function history_replace(hash) {
+function replaceHash(hash) {
   window.history.replaceState(null, "", hash);
 }
 
@@ -149,7 +149,7 @@ function signOut(message = "") {
   clearResult();
   $("#tenant-name").textContent = "";
   $("#signin-error").textContent = message;
-  history_replace(location.pathname);
+  replaceHash(location.pathname);
   showView("signin");
   $("#api-key").focus();
 }
@@ -217,11 +217,24 @@ async function start() {
     if (err.status === 401 || err.status === 403) {
       signOut("Your session has ended: the API key is no longer accepted. Please sign in again.");
     } else {
-      // Service down at load: keep the session, show the workspace and the banner.
+      // Service down at load: keep the session, show the workspace and the banner, and
+      // fill in the hospital's name once the service answers.
       enterWorkspace(null);
       if (!err.offline) $("#connection").textContent = err.message;
+      retryTenantName();
     }
   }
+}
+
+function retryTenantName() {
+  const timer = setInterval(async () => {
+    if (!api.signedIn) { clearInterval(timer); return; }
+    try {
+      const me = await api.me();
+      clearInterval(timer);
+      $("#tenant-name").textContent = me.tenant.name;
+    } catch { /* still unreachable: try again */ }
+  }, 5000);
 }
 
 start();

@@ -103,6 +103,44 @@ def test_page_and_assets_are_served_with_a_strict_policy(stack: LiveStack) -> No
         assert client.get("/app/", follow_redirects=False).headers["location"] == "/app"
 
 
+def test_the_page_reads_event_streams_by_the_sse_rules(stack: LiveStack, page: Page) -> None:
+    """The page's own parser, in the browser, on a stream cut at awkward places: CRLF split
+    across chunks, a UTF-8 character split across chunks, comments, multi-line data, an id
+    without data (kept for the next event), a retry hint and an unfinished last event."""
+    page.goto(f"{stack.base_url}/app")
+    result = page.evaluate("""async () => {
+        const { readEventStream } = await import("/app/static/events.js");
+        const utf8 = new TextEncoder();
+        const name = utf8.encode("data: Müller\\n\\n");
+        const split = name.indexOf(0xc3) + 1;  // inside the two bytes of "ü"
+        const chunks = [
+            utf8.encode(": keep-alive\\r\\n\\r"),
+            utf8.encode("\\nid: 7\\r\\nevent: processing\\r\\ndata: {\\"a\\":"),
+            utf8.encode("1}\\r\\n\\r\\n"),
+            utf8.encode("data: line one\\ndata:line two\\n\\n"),
+            utf8.encode("id: 9\\n\\nretry: 1500\\n"),
+            name.slice(0, split), name.slice(split),
+            utf8.encode("data: never finished"),
+        ];
+        const body = new ReadableStream({ start(controller) {
+            for (const chunk of chunks) controller.enqueue(chunk);
+            controller.close();
+        } });
+        const events = [];
+        const retries = [];
+        await readEventStream(body, (e) => events.push(e), (ms) => retries.push(ms));
+        return { events, retries };
+    }""")
+    assert result == {
+        "events": [
+            {"id": "7", "event": "processing", "data": '{"a":1}'},
+            {"id": "7", "event": "message", "data": "line one\nline two"},
+            {"id": "9", "event": "message", "data": "Müller"},
+        ],
+        "retries": [1500],
+    }
+
+
 def test_sign_in_upload_read_result_download_report_and_switch_theme(
         stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
     key_in_urls: list[str] = []
