@@ -181,6 +181,8 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
             stack._cleanup.append(lambda: drop_pg_database(db_url))
             stack_env["DATABASE_URL"] = db_url
             stack_env["BROKER_URL"] = redis_url or f"{REDIS_BASE_URL}/1"
+            stack._cleanup.append(lambda: _delete_queue(stack_env["BROKER_URL"],
+                                                        stack_env["QUEUE_NAME"]))
             standin = CloudinaryStandIn().start()
             stack._cleanup.append(standin.stop)
             stack.standin = standin
@@ -212,6 +214,14 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
             print(logs, file=sys.stderr)
         raise
     return stack
+
+
+def _delete_queue(broker_url: str, queue: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    client.delete(queue, *client.keys(f"{queue}\x06*"))  # the queue and its priority lists
+    client.close()
 
 
 def _spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
