@@ -220,7 +220,9 @@ def _delete_queue(broker_url: str, queue: str) -> None:
     import redis
 
     client = redis.Redis.from_url(broker_url)
-    client.delete(queue, *client.keys(f"{queue}\x06*"))  # the queue and its priority lists
+    # The queue, its priority lists and kombu's binding records for it.
+    client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
+                  *client.keys(f"{queue}\x06*"))
     client.close()
 
 
