@@ -56,7 +56,7 @@ export async function readEventStream(body, onEvent, onRetry = () => {}) {
 export class LiveTracker {
   constructor(api, { onState, onScan, onLink }) {
     this.api = api;
-    this.onState = onState;   // (scanId, state) as soon as an event says so
+    this.onState = onState;   // (scanId, state, {prediction, error}) as soon as an event says so
     this.onScan = onScan;     // (scan JSON) after a fetch of the full record
     this.onLink = onLink;     // (connected: boolean) for the "cannot reach" banner
     this.states = new Map();  // scanId -> last known state
@@ -72,9 +72,10 @@ export class LiveTracker {
 
   setState(id, state) { this.states.set(id, state); }
 
-  /** Follow `scanIds` through the SSE stream at `path` until all are final. */
-  watch(path, scanIds) {
-    const group = { path, ids: [...scanIds], lastEventId: null, retryMs: null };
+  /** Follow `scanIds` through the SSE stream at `path` until all are final; `batchId` lets
+   * one request catch up on the whole batch instead of one per scan. */
+  watch(path, scanIds, batchId = null) {
+    const group = { path, ids: [...scanIds], batchId, lastEventId: null, retryMs: null };
     for (const id of group.ids) if (!this.states.has(id)) this.states.set(id, "queued");
     this.#run(group, this.controller.signal).catch(() => { /* stopped: signed out */ });
   }
@@ -83,18 +84,38 @@ export class LiveTracker {
     return group.ids.every((id) => isFinal(this.states.get(id)));
   }
 
-  async refresh(ids, signal) {
-    for (const id of ids) {
+  /** Catch up with the database: whatever changed while no event could reach us. */
+  async refresh(group, signal) {
+    if (group.batchId) {
+      const batch = await this.#quiet(this.api.json(`/v1/batches/${encodeURIComponent(group.batchId)}`, { signal }));
+      for (const scan of (batch && batch.scans) || []) this.#learn(scan);
+      if (batch) return;
+    }
+    for (const id of group.ids) {
       if (signal.aborted) return;
       if (isFinal(this.states.get(id))) continue;
-      try {
-        const scan = await this.api.scan(id);
-        this.states.set(id, scan.state);
-        this.onScan(scan);
-      } catch (err) {
-        if (err.status === 404) { this.states.set(id, "failed"); this.onState(id, "failed", err.message); }
-        else if (err.offline) throw err;
+      this.#learn(await this.#quiet(this.api.scan(id), id));
+    }
+  }
+
+  #learn(scan) {
+    if (!scan || isFinal(this.states.get(scan.id)) || this.states.get(scan.id) === scan.state
+        && !isFinal(scan.state)) return;
+    this.states.set(scan.id, scan.state);
+    this.onScan(scan);
+  }
+
+  /** A GET that only fails loudly when the service is unreachable. */
+  async #quiet(request, id = null) {
+    try {
+      return await request;
+    } catch (err) {
+      if (err.offline) throw err;
+      if (err.status === 404 && id) {
+        this.states.set(id, "failed");
+        this.onState(id, "failed", { error: { message: err.message } });
       }
+      return null;
     }
   }
 
@@ -118,7 +139,7 @@ export class LiveTracker {
       }
       if (signal.aborted || this.#groupDone(group)) break;
       if (!mayStream || failures >= POLL_AFTER_FAILURES) {
-        try { await this.refresh(group.ids, signal); this.onLink(true); } catch { this.onLink(false); }
+        try { await this.refresh(group, signal); this.onLink(true); } catch { this.onLink(false); }
       }
       const backoff = group.retryMs ?? Math.min(8000, 500 * 2 ** Math.max(0, failures - 1));
       const jitter = Math.random() * 250;
@@ -139,10 +160,10 @@ export class LiveTracker {
       const response = await this.api.fetch(group.path, { headers, signal: local.signal });
       this.onLink(true);
       // Whatever happened while we were away (e.g. the API restarted): catch up now.
-      await this.refresh(group.ids, local.signal);
+      await this.refresh(group, local.signal);
       if (this.#groupDone(group)) return true;
       safety = setInterval(() => {
-        this.refresh(group.ids, local.signal).then(() => {
+        this.refresh(group, local.signal).then(() => {
           if (this.#groupDone(group)) local.abort();
         }).catch(() => {});
       }, SAFETY_POLL_MS);
@@ -166,23 +187,17 @@ export class LiveTracker {
     let data = null;
     try { data = JSON.parse(event.data); } catch { return; }
     if (!data || typeof data !== "object") return;
-    const single = group.ids.length === 1 ? group.ids[0] : null;
-    const id = data.scan_id || (group.ids.includes(data.id) ? data.id : single);
-    const state = data.state || data.status;
-    if (id && typeof state === "string" && group.ids.includes(id)) {
-      const known = this.states.get(id);
-      if (!isFinal(known)) {
-        this.states.set(id, state === "failed" || state === "succeeded" ? "processing" : state);
-        this.onState(id, state);
-        // The event only announces the change: the full record carries result and links.
-        if (isFinal(state)) {
-          this.api.scan(id).then((scan) => {
-            this.states.set(id, scan.state);
-            this.onScan(scan);
-            if (this.#groupDone(group)) local.abort();
-          }).catch(() => { this.states.set(id, state); });
-        }
-      }
+    const id = data.scan_id || (group.ids.length === 1 ? group.ids[0] : null);
+    const state = data.state;
+    if (!id || !group.ids.includes(id) || typeof state !== "string") return;
+    if (isFinal(this.states.get(id))) return;
+    this.states.set(id, state);
+    // A final event carries the finding (or the error) for the list; the full record, with
+    // image links, is fetched only for the scan a reader opens.
+    this.onState(id, state, { prediction: data.prediction || null, error: data.error || null });
+    if (isFinal(state) && !data.prediction && !data.error) {
+      this.api.scan(id).then((scan) => this.onScan(scan)).catch(() => {});
     }
+    if (this.#groupDone(group)) local.abort();
   }
 }

@@ -17,6 +17,7 @@ export class Uploads {
     this.entries = [];
     this.selectedId = null;
     this.nextKey = 1;
+    this.frame = 0;
     clearButton.addEventListener("click", () => this.clearFinished());
   }
 
@@ -36,7 +37,9 @@ export class Uploads {
       if (entry.batchId) batches.set(entry.batchId, [...(batches.get(entry.batchId) || []), entry.id]);
       else this.tracker.watch(`/v1/scans/${encodeURIComponent(entry.id)}/events`, [entry.id]);
     }
-    for (const [batchId, ids] of batches) this.tracker.watch(`/v1/batches/${encodeURIComponent(batchId)}/events`, ids);
+    for (const [batchId, ids] of batches) {
+      this.tracker.watch(`/v1/batches/${encodeURIComponent(batchId)}/events`, ids, batchId);
+    }
     this.render();
   }
 
@@ -97,7 +100,7 @@ export class Uploads {
     }
     const ids = Array.isArray(accepted.scan_ids) ? accepted.scan_ids : [];
     this.#assign(entries, ids, Array.isArray(accepted.rejected) ? accepted.rejected : [], accepted.id);
-    if (ids.length) this.tracker.watch(`/v1/batches/${encodeURIComponent(accepted.id)}/events`, ids);
+    if (ids.length) this.tracker.watch(`/v1/batches/${encodeURIComponent(accepted.id)}/events`, ids, accepted.id);
   }
 
   /** Pair files with the batch's answer: new scan ids in the order the files were sent,
@@ -138,13 +141,14 @@ export class Uploads {
     this.render();
   }
 
-  /** A state change announced by the event stream. */
-  applyState(id, state, message = "") {
+  /** A state change announced by the event stream, with the finding once final. */
+  applyState(id, state, { prediction = null, error = null } = {}) {
     const entry = this.entries.find((e) => e.id === id);
     if (!entry || entry.state === state || isFinal(entry.state)) return;
     entry.state = state;
-    if (message) entry.message = message;
-    if (state === "processing") announce(`${entry.filename} is being analysed.`);
+    if (prediction) Object.assign(entry, { label: prediction.label, confidence: prediction.confidence });
+    if (error) entry.message = error.message || "";
+    this.#announce(entry);
     this.render();
   }
 
@@ -152,17 +156,23 @@ export class Uploads {
   applyScan(scan) {
     const entry = this.entries.find((e) => e.id === scan.id);
     if (!entry) return;
-    const before = entry.state;
+    const changed = entry.state !== scan.state;
     entry.state = scan.state;
     entry.label = scan.prediction ? scan.prediction.label : null;
     entry.confidence = scan.prediction ? scan.prediction.confidence : null;
     entry.message = scan.error ? scan.error.message || "" : "";
-    if (before !== scan.state && scan.state === "succeeded") {
-      announce(`${entry.filename} is done: ${className(entry.label)}, ${percent(entry.confidence)}.`);
-    } else if (before !== scan.state && scan.state === "failed") {
-      announce(`${entry.filename} failed: ${entry.message}`);
-    }
+    if (changed) this.#announce(entry);
     this.render();
+  }
+
+  #announce(entry) {
+    // One sentence per scan while there are few; for a large batch, one when it is all done.
+    const active = this.entries.filter((e) => !isFinal(e.state)).length;
+    if (active + (isFinal(entry.state) ? 1 : 0) > 5) return;
+    if (entry.state === "processing") announce(`${entry.filename} is being analysed.`);
+    else if (entry.state === "succeeded") {
+      announce(`${entry.filename} is done: ${className(entry.label)}, ${percent(entry.confidence)}.`);
+    } else if (entry.state === "failed") announce(`${entry.filename} failed: ${entry.message}`);
   }
 
   select(id) {
@@ -171,7 +181,16 @@ export class Uploads {
     this.onSelect(id);
   }
 
+  /** Redraw on the next frame: a batch of hundreds sends hundreds of events in a burst. */
   render() {
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.#draw();
+    });
+  }
+
+  #draw() {
     this.list.replaceChildren(...this.entries.map((entry) => this.#item(entry)));
     this.empty.hidden = this.entries.length > 0;
     this.clearButton.hidden = !this.entries.some((e) => isFinal(e.state));
