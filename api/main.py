@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
+from starlette.formparsers import MultiPartParser
 
 from api.errors import install_error_handlers
 from api.routes import batches, events, health, me, media, reports, scans, web
@@ -22,6 +23,11 @@ a Grad-CAM heatmap. Every `/v1` route needs `Authorization: Bearer <api key>`.
 
 Research use only: every result must be verified by a board-certified radiologist.
 """
+
+# Starlette keeps each uploaded file in memory up to this size before spooling it to a
+# temporary file (default 1 MiB). A batch is hundreds of slices of a few hundred KiB each:
+# spool early, so a large request never sits in memory whole.
+MultiPartParser.spool_max_size = 64 * 1024
 
 # Routers, mounted in this order. To add one: import it above and add one entry here.
 _ROUTERS: list[APIRouter] = [

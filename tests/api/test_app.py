@@ -193,3 +193,15 @@ async def test_broker_down_still_accepts_and_reports_not_ready(tmp_path: Path) -
             r = await c.post("/v1/scans", files={"file": ("a.png", brain_png(5), "image/png")})
             assert r.status_code == 202
             assert (await c.get(f"/v1/scans/{r.json()['id']}")).json()["state"] == "queued"
+
+
+async def test_a_batch_of_hundreds_of_files_in_one_request(client: httpx.AsyncClient) -> None:
+    image = brain_png(7, size=128)
+    files = [("files", (f"slice-{i:03d}.png", image, "image/png")) for i in range(300)]
+    r = await client.post("/v1/batches", files=files)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert len(body["scan_ids"]) == 300 and body["rejected"] == []
+    batch = (await client.get(f"/v1/batches/{body['id']}")).json()
+    assert batch["total"] == 300 and batch["counts"]["queued"] == 300
+    assert [s["filename"] for s in batch["scans"][:2]] == ["slice-000.png", "slice-001.png"]
