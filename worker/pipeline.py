@@ -77,9 +77,10 @@ class Outcome:
 
 def claim(session: Session, scan_ids: Sequence[str]) -> list[Claimed]:
     """queued/processing -> processing (attempts + 1) for scans not final yet; others skipped."""
+    # Rows are always locked in id order (here, in finish, in fail_unfinished): no deadlocks.
     rows = session.scalars(select(ScanResult).where(
         ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL)
-    ).order_by(ScanResult.created_at).with_for_update()).all()
+    ).order_by(ScanResult.id).with_for_update()).all()
     if not rows:
         return []
     uploads = {u.scan_id: u for u in session.scalars(
@@ -153,7 +154,8 @@ def finish(session: Session, outcomes: Sequence[Outcome]) -> list[ScanResult]:
     """Write each outcome to its scan if the scan is not final yet; returns the scans finished."""
     by_id = {o.scan_id: o for o in outcomes}
     rows = session.scalars(select(ScanResult).where(
-        ScanResult.id.in_(list(by_id)), ScanResult.state.in_(_NOT_FINAL)).with_for_update()).all()
+        ScanResult.id.in_(list(by_id)), ScanResult.state.in_(_NOT_FINAL))
+        .order_by(ScanResult.id).with_for_update()).all()
     now = utcnow()
     for row in rows:
         outcome = by_id[row.id]
@@ -178,7 +180,7 @@ def fail_unfinished(scan_ids: Sequence[str], code: str, message: str,
     with sync_session() as session:
         rows = session.scalars(select(ScanResult).where(
             ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL))
-            .with_for_update()).all()
+            .order_by(ScanResult.id).with_for_update()).all()
         for row in rows:
             _fail_row(session, row, code, message)
         done = [(r.id, r.callback_url, r.batch_id) for r in rows]
