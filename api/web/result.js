@@ -24,10 +24,11 @@ export function renderResult(container, scan, { api, reload }) {
 
 function header(scan, api) {
   const pdfError = h("p", { class: "form-error", role: "alert" });
-  const ready = scan.state === "succeeded";
+  // A failed scan has a report too: it documents why no prediction was made.
+  const ready = scan.state === "succeeded" || scan.state === "failed";
   const pdf = h("button", {
     type: "button", class: "btn btn-primary", id: "download-pdf", disabled: !ready,
-    title: ready ? "Download the PDF report" : "The report is available once the analysis is done",
+    title: ready ? "Download the PDF report" : "The report is available once the analysis has finished",
     onclick: () => downloadReport(scan, api, pdf, pdfError),
   }, downloadIcon(), "PDF report");
   const meta = [`Uploaded ${formatTime(scan.created_at)}`, `ID ${String(scan.id).slice(0, 8)}`];

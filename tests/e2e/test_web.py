@@ -326,7 +326,10 @@ def test_unacceptable_files_are_explained_in_words(
     expect(warning).to_contain_text("does not look like a brain MRI slice")
     expect(warning).to_contain_text("No prediction was made")
     expect(page.locator("#verdict")).to_have_count(0)
-    expect(page.locator("#download-pdf")).to_be_disabled()
+    # Its report documents the refusal.
+    with page.expect_download() as download_info:
+        page.click("#download-pdf")
+    assert Path(download_info.value.path()).read_bytes().startswith(b"%PDF")
     assert "{" not in page.locator("#result-body").inner_text()
     save_screenshot(page, "gate-warning")
 
@@ -470,8 +473,13 @@ def test_images_from_cloud_storage_load_under_the_policy(
         upload_via_picker(page, cases)
         expect(page.locator('.scan-item[data-state="queued"]')).to_have_count(3)
         expect(page.locator('.scan-item[data-state="queued"] .badge').first).to_have_text("Queued")
+        page.locator(f'.scan-item[data-filename="{slices["glioma"].name}"] button').click()
+        expect(page.locator("#result-body .callout-info")).to_contain_text("waiting for a free worker")
+        expect(page.locator("#download-pdf")).to_be_disabled()
         save_screenshot(page, "live-status")
     expect(page.locator('.scan-item[data-state="succeeded"]')).to_have_count(3, timeout=DONE_TIMEOUT_MS)
+    # The open scan's view follows it from queued to its result.
+    expect(page.locator("#verdict")).to_be_visible()
     page.locator(f'.scan-item[data-filename="{slices["notumor"].name}"] button').click()
     expect(page.locator("#verdict")).to_be_visible()
     assert cloud_stack.standin is not None
