@@ -25,9 +25,14 @@ async def get_session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def _configured_storage() -> Storage:
+    # A wrapper without parameters: FastAPI would read get_storage's `settings` as a body.
+    return get_storage()
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(_configured_storage)]
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,9 @@ async def test_openapi_documents_the_contract(client: httpx.AsyncClient) -> None
                  "/v1/batches/{batch_id}/events", "/v1/me"):
         assert path in spec["paths"], path
     assert "202" in spec["paths"]["/v1/scans"]["post"]["responses"]
+    with_body = {(m, p) for p, ops in spec["paths"].items() for m, op in ops.items()
+                 if "requestBody" in op}
+    assert with_body == {("post", "/v1/scans"), ("post", "/v1/batches")}
     prediction = spec["components"]["schemas"]["Prediction"]["properties"]
     assert prediction["label"]["examples"] == ["glioma"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
