@@ -23,6 +23,7 @@ app.command("serve")(service.serve)
 app.command("api")(service.api)
 app.command("worker")(service.worker)
 app.command("migrate")(service.migrate)
+app.command("requeue")(service.requeue)
 app.add_typer(service.keys_app, name="keys")
 
 # Model: data, training, evaluation, offline prediction.
