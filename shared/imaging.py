@@ -113,6 +113,20 @@ def _is_gray_rgb(rgb: np.ndarray) -> bool:
     return bool(np.mean(spread > tol) < 0.01)
 
 
+def to_png_bytes(pixels: np.ndarray) -> bytes:
+    """Decoded pixels (float32 [0, 1], HxW or HxWx3) as an 8-bit PNG a browser can show.
+
+    Pixels only: Pillow writes no text chunks unless asked, so nothing from the source file's
+    metadata can travel with it. Rounded as `shared.reports.preview` does, so a report drawn
+    from this PNG shows the same 8-bit pixels as one drawn from the original."""
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise ValueError(f"expected HxW or HxWx3 pixels, got shape {pixels.shape}")
+    eight_bit = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(eight_bit).save(buf, format="PNG")  # uint8 HxW is "L", HxWx3 is "RGB"
+    return buf.getvalue()
+
+
 def check_dimensions(img: DecodedImage, settings: Settings | None = None) -> None:
     """Refuse images too small to read, too large to process, or absurdly elongated."""
     s = settings or get_settings()

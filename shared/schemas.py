@@ -61,6 +61,9 @@ class ScanOut(BaseModel):
     gate: dict[str, Any] | None = None
     model: ModelInfo | None = None
     image_url: str | None = None
+    preview_url: str | None = Field(default=None, description=(
+        "A link a browser can display (once stored): a PNG rendition of the analysed frame for "
+        "originals browsers cannot show (DICOM), else the original itself (as image_url)."))
     heatmap_url: str | None = None
     overlay_url: str | None = None
     error: ErrorBody | None = None
@@ -162,6 +165,9 @@ def scan_out(scan: ScanResult, sign_url: Callable[[str], str]) -> ScanOut:
     if scan.model_name:
         model = ModelInfo(name=scan.model_name, version=scan.model_version or "",
                           sha256=scan.model_sha256 or "")
+    image_url = link(scan.image_ref)
+    # PNG and JPEG display as they are; other formats only through their stored rendition.
+    preview_url = link(scan.preview_ref) or (image_url if scan.format in ("png", "jpeg") else None)
     error = None
     if scan.error_code:
         error = ErrorBody(code=scan.error_code, message=scan.error_message or "")
@@ -169,7 +175,7 @@ def scan_out(scan: ScanResult, sign_url: Callable[[str], str]) -> ScanOut:
         id=scan.id, state=scan.state, filename=scan.filename, format=scan.format,
         size_bytes=scan.size_bytes, sha256=scan.sha256, batch_id=scan.batch_id,
         prediction=prediction, gate=scan.gate, model=model,
-        image_url=link(scan.image_ref), heatmap_url=link(scan.heatmap_ref),
+        image_url=image_url, preview_url=preview_url, heatmap_url=link(scan.heatmap_ref),
         overlay_url=link(scan.overlay_ref), error=error, timings=scan.timings,
         attempts=scan.attempts, created_at=scan.created_at, started_at=scan.started_at,
         finished_at=scan.finished_at, patient_ref=scan.patient_ref, study_ref=scan.study_ref,

@@ -23,7 +23,7 @@ from shared.db.models import Batch, ScanResult, ScanUpload, utcnow
 from shared.db.session import sync_session
 from shared.errors import InputError
 from shared.events import transition
-from shared.imaging import DecodedImage, decode_image
+from shared.imaging import DecodedImage, decode_image, to_png_bytes
 from shared.settings import get_settings
 from shared.states import JobState
 from shared.storage import Storage, get_storage
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Notify = Callable[[str, str], None]  # (scan or batch id, "scan" | "batch")
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
+_BROWSER_FORMATS = ("png", "jpeg")  # shown as uploaded; anything else also gets a PNG preview
 _NOT_FINAL = (JobState.QUEUED.value, JobState.PROCESSING.value)
 
 _model: LoadedModel | None = None
@@ -109,10 +110,16 @@ def _decode(items: Sequence[Claimed]) -> tuple[list[tuple[Claimed, DecodedImage]
     return decoded, failed
 
 
-def _store(storage: Storage, item: Claimed, analysis: Analysis) -> dict[str, str]:
+def _store(storage: Storage, item: Claimed, image: DecodedImage,
+           analysis: Analysis) -> dict[str, str]:
     """Original and explanation images under deterministic names (a retry overwrites them)."""
     refs = {"image_ref": storage.put("uploads", f"{item.scan_id}.{_EXTENSIONS[item.format]}",
                                      item.data, item.media_type)}
+    if item.format not in _BROWSER_FORMATS:
+        # The decoded, windowed frame the model saw (the DICOM was de-identified at intake;
+        # the PNG carries pixels only), so that browsers and reports can show it.
+        refs["preview_ref"] = storage.put("results", f"{item.scan_id}-preview.png",
+                                          to_png_bytes(image.pixels), "image/png")
     if analysis.heatmap_png is not None and analysis.overlay_png is not None:
         refs["heatmap_ref"] = storage.put("results", f"{item.scan_id}-heatmap.png",
                                           analysis.heatmap_png, "image/png")
@@ -134,10 +141,10 @@ def analyse_and_store(items: Sequence[Claimed], model: LoadedModel,
                     "model_sha256": model.sha256}
     batch_timing = {"batch_size": len(items), "decode_ms": round((t1 - t0) * 1000, 2),
                     "inference_ms": round((t2 - t1) * 1000, 2)}
-    for (item, _), analysis in zip(decoded, analyses, strict=True):
+    for (item, image), analysis in zip(decoded, analyses, strict=True):
         t_store = time.perf_counter()
         fields: dict[str, Any] = {"gate": analysis.gate.to_dict(), **model_fields,
-                                  **_store(storage, item, analysis)}
+                                  **_store(storage, item, image, analysis)}
         timings = {**batch_timing, "storage_ms": round((time.perf_counter() - t_store) * 1000, 2)}
         if not analysis.gate.accepted:
             outcomes.append(Outcome(item.scan_id, JobState.FAILED, {

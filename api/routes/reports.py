@@ -34,12 +34,14 @@ def _pdf(data: bytes, name: str) -> Response:
 
 
 async def _original(session: SessionDep, storage: Storage, scan: ScanResult) -> bytes | None:
-    """The stored original (already de-identified), else the accepted upload's bytes."""
-    if scan.image_ref:
-        try:
-            return await run_in_threadpool(storage.get, scan.image_ref)
-        except Exception:  # a report without the picture beats no report
-            pass
+    """The worker's PNG rendition (DICOM: no re-decoding here), else the stored original
+    (already de-identified), else the accepted upload's bytes."""
+    for ref in (scan.preview_ref, scan.image_ref):
+        if ref:
+            try:
+                return await run_in_threadpool(storage.get, ref)
+            except Exception:  # a report without the picture beats no report
+                pass
     upload = await session.scalar(select(ScanUpload.data).where(ScanUpload.scan_id == scan.id))
     return bytes(upload) if upload is not None else None
 

@@ -133,6 +133,9 @@ class ScanResult(Base):
     image_ref: Mapped[str | None] = mapped_column(Text, default=None)
     heatmap_ref: Mapped[str | None] = mapped_column(Text, default=None)
     overlay_ref: Mapped[str | None] = mapped_column(Text, default=None)
+    # A browser-displayable PNG of what the model saw, for originals a browser cannot show
+    # (DICOM); None when the original itself displays.
+    preview_ref: Mapped[str | None] = mapped_column(Text, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     timings: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom.uid import JPEG2000Lossless
 from pypdf import PdfReader
 from sqlalchemy import MetaData, select
 
 from shared.db.session import create_sync_db_engine
+from shared.imaging import decode_image
 from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify, webhook_secret
 from tests.hospital.dicomkit import mr_dataset, planted_phi, to_bytes
 from tests.hospital.webhook_receiver import Receiver
@@ -141,8 +144,47 @@ def test_planted_phi_never_leaves(stack: LiveStack, tmp_path: Path) -> None:
     logs = [(name, (stack.root / name).read_bytes()) for name in ("api.log", "worker.log")]
     stored = _all_stored_bytes(stack)
     assert any(name.endswith(".dcm") or "uploads" in name for name, _ in stored), stored
+    assert any("-preview" in name for name, _ in stored), "the PNG renditions are searched too"
     leaks = _leaks(stored + _database_dump(stack) + logs + artefacts, markers)
     assert leaks == []
+
+
+def test_dicom_scans_get_a_plain_png_preview_of_the_analysed_frame(stack: LiveStack) -> None:
+    files, _ = phi_files()  # plain, JPEG 2000, multi-frame (the middle frame is analysed)
+    expected = [np.clip(decode_image(data).pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                for _, data in files]
+    with stack.client() as client:
+        ids = []
+        for name, data in files:
+            r = client.post("/v1/scans", files={"file": (name, data, "application/dicom")})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        for scan_id, want in zip(ids, expected, strict=True):
+            scan = wait_for_scan(client, scan_id)
+            assert scan["state"] == "succeeded" and scan["format"] == "dicom", scan
+            assert scan["preview_url"] and scan["preview_url"] != scan["image_url"]
+            assert httpx.get(scan["image_url"], timeout=30).content[128:132] == b"DICM"
+            got = httpx.get(scan["preview_url"], timeout=30)  # signed: no API key needed
+            assert got.status_code == 200, got.text
+            # Pixels only: no tEXt/zTXt/iTXt/eXIf or any other ancillary chunk.
+            assert _png_chunks(got.content) == ["IHDR", "IDAT", "IEND"]
+            with Image.open(io.BytesIO(got.content)) as img:
+                assert (img.format, img.mode, img.size) == ("PNG", "L", (256, 256))
+                assert np.array_equal(np.asarray(img), want)
+
+
+def _png_chunks(data: bytes) -> list[str]:
+    """The chunk types of a PNG file, in order, consecutive repeats folded (many IDATs)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    kinds: list[str] = []
+    pos = 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8].decode("ascii")
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+        pos += 12 + length
+    return kinds
 
 
 def _stack_settings(stack: LiveStack) -> Any:

@@ -80,6 +80,12 @@ def test_single_png_and_jpeg_succeed(stack: LiveStack, client: httpx.Client,
         # Signed links work without the API key, and serve what we expect.
         original = httpx.get(body["image_url"], timeout=30)
         assert original.status_code == 200 and original.content == uploads[fmt]
+        # Browsers show PNG and JPEG as they are: the preview is the original, no rendition.
+        preview = httpx.get(body["preview_url"], timeout=30)
+        assert preview.status_code == 200 and preview.content == uploads[fmt]
+        stored = [p.name for p in stack.media_dir.rglob("*")] + (
+            [pid for _, pid in stack.standin.assets] if stack.standin else [])
+        assert not any(f"{scan_id}-preview" in name for name in stored)
         for key in ("heatmap_url", "overlay_url"):
             image = httpx.get(body[key], timeout=30)
             assert image.status_code == 200, (key, image.text)

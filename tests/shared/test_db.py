@@ -72,6 +72,30 @@ def test_migrations_go_down_and_up_again(sync_url: str) -> None:
     upgrade_to_head(sync_url)
 
 
+def test_preview_ref_revision_goes_down_without_touching_other_rows(sync_url: str) -> None:
+    # A table copy on SQLite would drop scan_results and cascade into uploads and events.
+    upgrade_to_head(sync_url)
+    engine = create_sync_db_engine(sync_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) "
+                          "VALUES ('t1', 'Down Ward', CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO scan_results (id, tenant_id, state, format, size_bytes, sha256, "
+            "created_at, attempts, preview_ref) VALUES ('s1', 't1', 'succeeded', 'dicom', 3, "
+            "'ab', CURRENT_TIMESTAMP, 1, 'local:results/s1-preview.png')"))
+        conn.execute(text("INSERT INTO scan_uploads (scan_id, data, media_type) "
+                          "VALUES ('s1', :data, 'application/dicom')"), {"data": b"dcm"})
+    command.downgrade(alembic_config(sync_url), "0002_webhook_deliveries")
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("scan_results")}
+        assert "preview_ref" not in columns and "overlay_ref" in columns
+        assert conn.execute(text("SELECT data FROM scan_uploads")).scalar_one() == b"dcm"
+    upgrade_to_head(sync_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT preview_ref FROM scan_results")).all() == [(None,)]
+    engine.dispose()
+
+
 async def test_keys_are_stored_hashed_and_authenticate(sync_url: str) -> None:
     upgrade_to_head(sync_url)
     engine = create_sync_db_engine(sync_url)
