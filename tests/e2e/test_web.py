@@ -492,3 +492,57 @@ def test_images_from_cloud_storage_load_under_the_policy(
                 break
             page.wait_for_timeout(100)
         assert img.evaluate("i => i.naturalWidth > 0"), img.get_attribute("src")
+
+
+# --- an API restart under the page, on a stack of its own ---------------------------------
+
+RESTART_PORTS = (19500, 19999)  # a port range of its own: this stack's API goes away
+
+
+@pytest.fixture(scope="module")
+def restart_stack(live_stack) -> LiveStack:
+    """PostgreSQL, Redis and the Cloudinary stand-in, as in production; no other test uses it."""
+    return live_stack("pg", port_range=RESTART_PORTS, tenant=TENANT, env={"BROKER_URL": REDIS_DB2})
+
+
+def test_the_page_keeps_working_across_an_api_restart(
+        restart_stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
+    stack = restart_stack
+    page.goto(f"{stack.base_url}/app")
+    sign_in(page, stack)
+    page.evaluate("() => { window.sameDocument = true; }")  # gone if the page ever reloads
+    streams: list[int] = []  # statuses of the page's event-stream responses, in order
+    page.on("response", lambda r: streams.append(r.status) if r.url.endswith("/events") else None)
+    banner = page.locator("#connection")
+    with worker_paused(stack):  # the scan stays queued, so the page is streaming throughout
+        upload_via_picker(page, [slices["notumor"]])
+        item = page.locator(".scan-item").first
+        expect(item).to_have_attribute("data-state", "queued")
+        for _ in range(100):
+            if 200 in streams:
+                break
+            page.wait_for_timeout(100)
+        assert streams == [200], streams
+        expect(banner).to_be_hidden()
+
+        # While the API is down the page says it cannot reach the service.
+        before_restart = len(streams)
+        # uvicorn's graceful stop waits for open streams (this page's, too) to end by
+        # themselves, so the restart ends in SIGKILL after the grace period, as under Docker.
+        stack.restart_api(grace_s=3, while_down=lambda: expect(banner).to_have_text(
+            OFFLINE, timeout=30_000))
+        # Back: the page opens a new stream by itself and the banner goes.
+        for _ in range(300):
+            if 200 in streams[before_restart:]:
+                break
+            page.wait_for_timeout(100)
+        assert 200 in streams[before_restart:], streams
+        expect(banner).to_be_hidden(timeout=30_000)
+        expect(item).to_have_attribute("data-state", "queued")
+    # The worker runs again: the new stream brings the result, without a reload.
+    expect(item).to_have_attribute("data-state", "succeeded", timeout=DONE_TIMEOUT_MS)
+    expect(item.locator(".badge")).to_have_text("Done")
+    expect(page.locator("#verdict")).to_be_visible()
+    expect(banner).to_be_hidden()
+    assert page.evaluate("() => window.sameDocument") is True
+

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tests.support.cloudinary_standin import CloudinaryStandIn
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 _START_TIMEOUT_S = 120.0
+_API_APP = "api.main:app"
 # Settings that must come from the stack, never from the developer's shell.
 _OWN_VARS = ("DATABASE_URL", "BROKER_URL", "CLOUDINARY_URL", "CLOUDINARY_CLOUD_NAME",
              "CLOUDINARY_API_KEY", "CLOUDINARY_API_SECRET", "CLOUDINARY_UPLOAD_PREFIX",
@@ -130,6 +131,23 @@ class LiveStack:
                 out.append(f"--- {name} ---\n" + "\n".join(text))
         return "\n".join(out)
 
+    def restart_api(self, *, while_down: Callable[[], None] | None = None,
+                    grace_s: float = 10.0) -> None:
+        """Restart the API process as a deployment does: SIGTERM (SIGKILL after `grace_s`, as
+        `docker stop` does), then the same command on the same port with the same environment;
+        returns once /readyz answers. `while_down` runs while the port refuses connections.
+        The worker, database, broker and storage keep running throughout."""
+        index = next(i for i, p in enumerate(self._procs) if _API_APP in p.args)
+        old = self._procs[index]
+        _terminate(old, grace_s)
+        try:
+            if while_down is not None:
+                while_down()
+        finally:
+            # Started again even when `while_down` failed, so the stack stays usable.
+            self._procs[index] = _spawn(list(old.args), self.root / "api.log", self.env, self.root)
+        _wait_ready(self, worker=False)
+
     def stop(self) -> None:
         for proc in self._procs:
             if proc.poll() is None:
@@ -199,7 +217,7 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
         port = free_port(*port_range)
         stack.base_url = f"http://127.0.0.1:{port}"
         stack._procs.append(_spawn(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+            [sys.executable, "-m", "uvicorn", _API_APP, "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning"], root / "api.log", stack_env, root))
         stack._procs.append(_spawn(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
@@ -233,9 +251,21 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path) -> subpro
                                 start_new_session=True)
 
 
-def _wait_ready(stack: LiveStack) -> None:
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM to the process group, SIGKILL if it is still there after `grace_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _wait_ready(stack: LiveStack, *, worker: bool = True) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_S
-    api_ready = worker_ready = False
+    api_ready, worker_ready = False, not worker
     while time.monotonic() < deadline:
         for proc in stack._procs:
             if proc.poll() is not None:
