@@ -26,7 +26,7 @@ from tests.e2e.support import (
     upload_via_picker,
     worker_paused,
 )
-from tests.support.images import brain_jpeg, brain_png, colour_photo_png
+from tests.support.images import brain_jpeg, brain_png, brain_slice, colour_photo_png
 from tests.support.stack import LiveStack, wait_for_batch
 
 pytestmark = pytest.mark.slow
@@ -546,3 +546,35 @@ def test_the_page_keeps_working_across_an_api_restart(
     expect(banner).to_be_hidden()
     assert page.evaluate("() => window.sameDocument") is True
 
+
+@pytest.fixture(scope="module")
+def dicom_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-bit MR DICOM of a synthetic slice: browsers cannot show it as it is."""
+    from tests.hospital.dicomkit import mr_dataset, to_bytes
+
+    path = tmp_path_factory.mktemp("dicom") / "case-mr.dcm"
+    path.write_bytes(to_bytes(mr_dataset(brain_slice(105, "glioma") / 255.0, bits=12)))
+    return path
+
+
+def test_a_dicom_scan_is_shown_through_its_png_rendition(
+        restart_stack: LiveStack, page: Page, dicom_slice: Path) -> None:
+    page.goto(f"{restart_stack.base_url}/app")
+    sign_in(page, restart_stack)
+    upload_via_picker(page, [dicom_slice])
+    item = page.locator(".scan-item").first
+    expect(item).to_have_attribute("data-state", "succeeded", timeout=DONE_TIMEOUT_MS)
+    expect(page.locator("#verdict")).to_be_visible()  # a single upload opens by itself
+    with restart_stack.client() as client:
+        scan = client.get(f"/v1/scans/{item.get_attribute('data-scan-id')}").raise_for_status().json()
+    assert scan["format"] == "dicom" and "-preview" in scan["preview_url"]
+    # The full viewer (original beside the heatmap), not the overlay-only DICOM fallback.
+    original = page.locator(".pane img").first
+    expect(original).to_have_attribute("alt", "Original MRI slice")
+    expect(page.locator(".layer img.heat")).to_be_visible()
+    for _ in range(100):
+        if original.evaluate("i => i.complete"):
+            break
+        page.wait_for_timeout(100)
+    assert original.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [256, 256]
+    assert "-preview" in (original.get_attribute("src") or "")
