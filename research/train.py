@@ -43,7 +43,7 @@ class TrainOptions:
     tiny: bool = False
     learning_rate: float = 3e-3
     patience: int = 4
-    lesion_weight: float = 1.0  # auxiliary lesion-map loss, used when the folder has masks/
+    lesion_weight: float = 5.0  # auxiliary lesion-map loss, used when the folder has masks/
     time_budget_s: float | None = None
     progress: bool | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
 
@@ -97,7 +97,8 @@ def load_folder(data: Path, size: int, *, workers: int = 2) -> Loaded:
         st = f.stat()
         key.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     cache = get_settings().var_dir / "cache" / f"preprocessed-{key.hexdigest()[:20]}.npz"
-    if cache.is_file():
+    use_cache = len(files) >= 1000  # small sets (tests) load in seconds; keep var/ clean
+    if use_cache and cache.is_file():
         with np.load(cache) as z:
             return Loaded(z["images"], z["masks"] if with_masks else None, labels, files)
     jobs = [(f, mask_path(data, f) if with_masks else None, size) for f in files]
@@ -108,6 +109,8 @@ def load_folder(data: Path, size: int, *, workers: int = 2) -> Loaded:
         loaded = [_load_one(j) for j in jobs]
     images = np.stack([img for img, _ in loaded])
     masks = np.stack([m for _, m in loaded]) if with_masks else None  # type: ignore[misc]
+    if not use_cache:
+        return Loaded(images, masks, labels, files)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, images=images, **({"masks": masks} if masks is not None else {}))
     return Loaded(images, masks, labels, files)
@@ -143,9 +146,23 @@ def _augmenter(seed: int, cam_resolution: int):  # noqa: ANN202 - returns a tf.d
         x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform([n, 1, 1, 1], 0.0, 0.03)
         k = x.shape[1] // cam_resolution
         lesion = tf.nn.avg_pool2d(m, k, k, "VALID")  # share of each CAM cell covered by lesion
-        return tf.clip_by_value(x, 0.0, 1.0), {"logits": y, "lesion": lesion}
+        channels = tf.gather(tf.constant(LESION_CHANNELS), y)[:, tf.newaxis, tf.newaxis, :]
+        return tf.clip_by_value(x, 0.0, 1.0), {"logits": y, "lesion": lesion * channels}
 
     return augment
+
+
+# Lesion-map channel per class: one map per tumour kind, none for notumor.
+_TUMOURS = [c for c in CLASSES if c != "notumor"]
+LESION_CHANNELS = np.array([[float(c == t) for t in _TUMOURS] for c in CLASSES], np.float32)
+
+
+def lesion_targets(masks: np.ndarray, labels: np.ndarray, cam_resolution: int) -> np.ndarray:
+    """uint8 (N,S,S) masks -> (N,R,R,3) share of each CAM cell covered by each tumour kind."""
+    n, size = masks.shape[0], masks.shape[1]
+    k = size // cam_resolution
+    cover = (masks.astype(np.float32) / 255.0).reshape(n, cam_resolution, k, cam_resolution, k).mean(axis=(2, 4))
+    return cover[..., np.newaxis] * LESION_CHANNELS[labels][:, np.newaxis, np.newaxis, :]
 
 
 def lesion_loss(target: Any, logits: Any) -> Any:
@@ -157,14 +174,16 @@ def lesion_loss(target: Any, logits: Any) -> Any:
 
 
 def training_model(base: Any, cam_layer: str) -> Any:
-    """The served network plus an auxiliary 1x1-conv lesion map on the Grad-CAM layer.
+    """The served network plus auxiliary 1x1-conv lesion maps (one per tumour kind) on the
+    Grad-CAM layer.
 
     With lesion masks (the synthetic data has them) this deep supervision teaches the last
     conv block where lesions are, far faster than the class label alone; the auxiliary head
     is dropped after training (only `base` is saved), so serving is unchanged."""
     import keras
 
-    aux = keras.layers.Conv2D(1, 1, name="aux_lesion")(base.get_layer(cam_layer).output)
+    aux = keras.layers.Conv2D(LESION_CHANNELS.shape[1], 1, name="aux_lesion")(
+        base.get_layer(cam_layer).output)
     return keras.Model(base.inputs[0], {"logits": base.outputs[0], "lesion": aux}, name="trainer")
 
 
@@ -223,8 +242,7 @@ def train_model(opts: TrainOptions) -> Path:
               else ModelConfig(name=opts.name, input_size=opts.input_size))
     keras.utils.set_random_seed(opts.seed)
     # Without masks the lesion head gets all-zero targets at zero weight: one code path.
-    mask_arr = masks if masks is not None else np.zeros_like(images[:, :1, :1])
-    mask_tr = mask_arr[tr] if masks is not None else np.zeros((len(tr), *images.shape[1:]), np.uint8)
+    mask_tr = masks[tr] if masks is not None else np.zeros_like(images[tr])
     train_ds = (tf.data.Dataset.from_tensor_slices((images[tr], mask_tr, labels[tr]))
                 .shuffle(len(tr), seed=opts.seed, reshuffle_each_iteration=True)
                 .batch(opts.batch_size, drop_remainder=len(tr) >= opts.batch_size)
@@ -232,10 +250,8 @@ def train_model(opts: TrainOptions) -> Path:
                 .prefetch(2))
     x_val = images[va].astype(np.float32)[..., np.newaxis] / 255.0
     y_val = labels[va]
-    k = config.input_size // config.cam_resolution
-    m_val = (mask_arr[va].astype(np.float32)[..., np.newaxis] / 255.0 if masks is not None
-             else np.zeros((len(va), *images.shape[1:], 1), np.float32))
-    m_val = m_val.reshape(len(va), config.cam_resolution, k, config.cam_resolution, k, 1).mean(axis=(2, 4))
+    m_val = lesion_targets(masks[va] if masks is not None else np.zeros_like(images[va]),
+                           y_val, config.cam_resolution)
 
     model = build_model(config)
     trainer = training_model(model, config.cam_layer)
@@ -270,7 +286,7 @@ def train_model(opts: TrainOptions) -> Path:
         "epochs_run": len(history.history["loss"]), "batch_size": opts.batch_size,
         "optimizer": f"AdamW, cosine decay from {opts.learning_rate:g}, weight decay 1e-4",
         "augmentation": "left-right flip, rotation ±11°, gamma, contrast/brightness, Gaussian noise",
-        "lesion_supervision": (f"auxiliary 1x1-conv lesion map on {config.cam_layer}, weighted BCE, "
+        "lesion_supervision": (f"auxiliary 1x1-conv lesion maps (one per tumour kind) on {config.cam_layer}, weighted BCE, "
                                f"weight {opts.lesion_weight:g} (training only)") if masks is not None else None,
         "train_seconds": round(fit_s, 1),
         "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
