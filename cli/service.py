@@ -18,6 +18,9 @@ import typer
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
 LOCAL_TENANT = "local"
+# SSE streams end only when their scan does, so uvicorn would wait for them forever on
+# shutdown; clients resume with Last-Event-ID, so cutting them after a few seconds loses nothing.
+GRACEFUL_SHUTDOWN_S = 5
 _KEY_FILE = "local-api-key"
 
 
@@ -105,7 +108,7 @@ def api(
 
     s = get_settings()
     uvicorn.run("api.main:app", host=host or s.host, port=port or s.port, proxy_headers=True,
-                log_level=s.log_level.lower())
+                log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 def serve(
@@ -137,7 +140,7 @@ def serve(
                     fg="green", bold=True)
         typer.echo(f"API key (tenant '{LOCAL_TENANT}'): {key}\n")
         uvicorn.run("api.main:app", host=bind_host, port=bind_port,
-                    log_level=s.log_level.lower())
+                    log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     except SystemExit:
         pass
     finally:

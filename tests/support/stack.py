@@ -218,7 +218,9 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
         stack.base_url = f"http://127.0.0.1:{port}"
         stack._procs.append(_spawn(
             [sys.executable, "-m", "uvicorn", _API_APP, "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"], root / "api.log", stack_env, root))
+             "--port", str(port), "--log-level", "warning",
+             # as in production (cli/service.py, Dockerfile.api): open SSE streams are cut
+             "--timeout-graceful-shutdown", "5"], root / "api.log", stack_env, root))
         stack._procs.append(_spawn(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
              "--pool", "solo", "--events", "--queues", stack_env["QUEUE_NAME"],
