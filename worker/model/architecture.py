@@ -38,7 +38,10 @@ def build_model(config: ModelConfig) -> keras.Model:
         if not is_last:
             x = layers.MaxPooling2D(2, name=f"block{b + 1}_pool")(x)
     # Head: everything after the CAM layer; Grad-CAM differentiates through this part only.
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    features = x
+    x = layers.GlobalAveragePooling2D(name="gap")(features)
+    if config.head_pooling == "avg+max":
+        x = layers.Concatenate(name="pooled")([x, layers.GlobalMaxPooling2D(name="gmp")(features)])
     if config.dropout > 0:
         x = layers.Dropout(config.dropout, name="head_dropout")(x)
     logits = layers.Dense(config.num_classes, name="logits")(x)

@@ -31,6 +31,10 @@ class ModelConfig:
     # Dilated convs in the last block widen the receptive field (where a lesion sits relative
     # to the skull and the midline matters) without coarsening the Grad-CAM map.
     last_block_dilation: int = 2
+    # "avg+max": global average and global max pooling, concatenated. A small lesion moves the
+    # max of a lesion-detecting channel, while in the average it is diluted by the whole
+    # head. Grad-CAM still sees a gradient at every position through the average branch.
+    head_pooling: str = "avg+max"
     dropout: float = 0.2
     classes: tuple[str, ...] = field(default=CLASSES)
     cam_layer: str = "last_conv_block"
@@ -39,6 +43,8 @@ class ModelConfig:
         if self.input_size % (2 ** len(self.block_filters)) != 0:
             raise ValueError(
                 f"input_size {self.input_size} must be divisible by 2**{len(self.block_filters)}")
+        if self.head_pooling not in ("avg", "avg+max"):
+            raise ValueError(f"head_pooling must be 'avg' or 'avg+max', not {self.head_pooling!r}")
         if not self.block_filters or self.convs_per_block < 1:
             raise ValueError("need at least one block with at least one conv")
 

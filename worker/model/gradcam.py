@@ -34,14 +34,11 @@ Explainer = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 def split_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
     """(body: image -> A, head: A -> logits), sharing the model's layers and weights."""
-    body = keras.Model(model.inputs[0], model.get_layer(layer_name).output, name="cam_body")
-    names = [layer.name for layer in model.layers]
-    features = keras.Input(body.output.shape[1:], name="cam_features")
-    x = features
-    # The head is a chain (GAP, dropout, dense): re-apply those same layer objects to a new input.
-    for layer in model.layers[names.index(layer_name) + 1:]:
-        x = layer(x)
-    return body, keras.Model(features, x, name="cam_head")
+    features = model.get_layer(layer_name).output
+    # Keras 3 builds a functional model between any two tensors of the graph, reusing the
+    # same layer objects: no copy, no edit of the served model.
+    return (keras.Model(model.inputs[0], features, name="cam_body"),
+            keras.Model(features, model.outputs[0], name="cam_head"))
 
 
 def make_explainer(model: keras.Model, layer_name: str, temperature: float = 1.0) -> Explainer:
