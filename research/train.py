@@ -43,7 +43,7 @@ class TrainOptions:
     tiny: bool = False
     learning_rate: float = 3e-3
     patience: int = 4
-    lesion_weight: float = 5.0  # auxiliary lesion-map loss, used when the folder has masks/
+    lesion_weight: float = 1.0  # auxiliary lesion-map loss, used when the folder has masks/
     time_budget_s: float | None = None
     progress: bool | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
 
@@ -145,7 +145,7 @@ def _augmenter(seed: int, cam_resolution: int):  # noqa: ANN202 - returns a tf.d
         x = x * tf.random.uniform([n, 1, 1, 1], 0.85, 1.15) + tf.random.uniform([n, 1, 1, 1], -0.05, 0.05)
         x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform([n, 1, 1, 1], 0.0, 0.03)
         k = x.shape[1] // cam_resolution
-        lesion = tf.nn.avg_pool2d(m, k, k, "VALID")  # share of each CAM cell covered by lesion
+        lesion = tf.cast(tf.nn.max_pool2d(m, k, k, "VALID") > 0.5, tf.float32)  # cell touches lesion
         channels = tf.gather(tf.constant(LESION_CHANNELS), y)[:, tf.newaxis, tf.newaxis, :]
         return tf.clip_by_value(x, 0.0, 1.0), {"logits": y, "lesion": lesion * channels}
 
@@ -158,19 +158,27 @@ LESION_CHANNELS = np.array([[float(c == t) for t in _TUMOURS] for c in CLASSES],
 
 
 def lesion_targets(masks: np.ndarray, labels: np.ndarray, cam_resolution: int) -> np.ndarray:
-    """uint8 (N,S,S) masks -> (N,R,R,3) share of each CAM cell covered by each tumour kind."""
+    """uint8 (N,S,S) masks -> (N,R,R,3): 1 where a CAM cell touches a lesion of that kind.
+
+    Binary "touches" rather than the covered share, so a pituitary lesion smaller than one
+    cell still gives a full-strength target."""
     n, size = masks.shape[0], masks.shape[1]
     k = size // cam_resolution
-    cover = (masks.astype(np.float32) / 255.0).reshape(n, cam_resolution, k, cam_resolution, k).mean(axis=(2, 4))
-    return cover[..., np.newaxis] * LESION_CHANNELS[labels][:, np.newaxis, np.newaxis, :]
+    touch = (masks > 127).reshape(n, cam_resolution, k, cam_resolution, k).max(axis=(2, 4))
+    return touch[..., np.newaxis].astype(np.float32) * LESION_CHANNELS[labels][:, np.newaxis, np.newaxis, :]
 
 
 def lesion_loss(target: Any, logits: Any) -> Any:
-    """Weighted BCE on the 16x16 lesion map: lesion cells are rare, so they count 5x."""
+    """Class-balanced BCE per image: mean over lesion cells + mean over the other cells.
+
+    Lesions cover a few of the 768 cells; a plain mean would let "no lesion anywhere" win."""
     import tensorflow as tf
 
-    return tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(target, logits, pos_weight=5.0),
-                          axis=[1, 2, 3])
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
+    pos, neg = target, 1.0 - target
+    pos_term = tf.reduce_sum(bce * pos, axis=[1, 2, 3]) / tf.maximum(tf.reduce_sum(pos, axis=[1, 2, 3]), 1.0)
+    neg_term = tf.reduce_sum(bce * neg, axis=[1, 2, 3]) / tf.maximum(tf.reduce_sum(neg, axis=[1, 2, 3]), 1.0)
+    return pos_term + neg_term
 
 
 def training_model(base: Any, cam_layer: str) -> Any:
@@ -258,7 +266,7 @@ def train_model(opts: TrainOptions) -> Path:
     steps = max(1, len(train_ds)) * opts.epochs
     schedule = keras.optimizers.schedules.CosineDecay(
         opts.learning_rate * 0.1, decay_steps=steps, warmup_target=opts.learning_rate,
-        warmup_steps=min(steps // 10, 300))
+        warmup_steps=min(steps // 20, 100))
     trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                     loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           "lesion": lesion_loss},
@@ -286,7 +294,7 @@ def train_model(opts: TrainOptions) -> Path:
         "epochs_run": len(history.history["loss"]), "batch_size": opts.batch_size,
         "optimizer": f"AdamW, cosine decay from {opts.learning_rate:g}, weight decay 1e-4",
         "augmentation": "left-right flip, rotation ±11°, gamma, contrast/brightness, Gaussian noise",
-        "lesion_supervision": (f"auxiliary 1x1-conv lesion maps (one per tumour kind) on {config.cam_layer}, weighted BCE, "
+        "lesion_supervision": (f"auxiliary 1x1-conv lesion maps (one per tumour kind) on {config.cam_layer}, class-balanced BCE, "
                                f"weight {opts.lesion_weight:g} (training only)") if masks is not None else None,
         "train_seconds": round(fit_s, 1),
         "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
