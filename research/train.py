@@ -44,6 +44,7 @@ class TrainOptions:
     learning_rate: float = 3e-3
     patience: int = 4
     lesion_weight: float = 1.0  # auxiliary lesion-map loss, used when the folder has masks/
+    init_from: Path | None = None  # continue from these weights (any layout weight injection reads)
     time_budget_s: float | None = None
     progress: bool | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
 
@@ -245,6 +246,7 @@ def train_model(opts: TrainOptions) -> Path:
 
     from research.metrics import classification_summary, fit_temperature
     from worker.model import ModelConfig, build_model, save_model_files
+    from worker.model.card import sha256_file
 
     config = (ModelConfig.tiny(name=opts.name, input_size=opts.input_size) if opts.tiny
               else ModelConfig(name=opts.name, input_size=opts.input_size))
@@ -262,6 +264,10 @@ def train_model(opts: TrainOptions) -> Path:
                            y_val, config.cam_resolution)
 
     model = build_model(config)
+    if opts.init_from is not None:
+        from worker.model import inject_weights
+
+        inject_weights(model, opts.init_from)  # a warm restart: a new LR cycle from these weights
     trainer = training_model(model, config.cam_layer)
     steps = max(1, len(train_ds)) * opts.epochs
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -297,6 +303,8 @@ def train_model(opts: TrainOptions) -> Path:
         "lesion_supervision": (f"auxiliary 1x1-conv lesion maps (one per tumour kind) on {config.cam_layer}, class-balanced BCE, "
                                f"weight {opts.lesion_weight:g} (training only)") if masks is not None else None,
         "train_seconds": round(fit_s, 1),
+        "initial_weights": None if opts.init_from is None else {
+            "file": Path(opts.init_from).name, "sha256": sha256_file(opts.init_from)},
         "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
     }
     metrics = {"validation": {k: val_metrics[k] for k in
