@@ -23,6 +23,19 @@ from tests.support.stack import (
 )
 
 TINY_MODEL_NAME = "neuroscan-tiny"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
+SHIPPED_MODEL_NAME = "neuroscan-cnn"
+
+
+def _stack_model(tiny_model_dir: Path) -> tuple[Path, str]:
+    """Tests run on tiny weights; screenshots for the docs (NEUROSCAN_SCREENSHOTS=1) show the
+    shipped model, so that the pictures show what a clinician would see."""
+    import os
+
+    shipped = SHIPPED_MODEL_DIR / f"{SHIPPED_MODEL_NAME}.card.json"
+    if os.environ.get("NEUROSCAN_SCREENSHOTS") == "1" and shipped.is_file():
+        return SHIPPED_MODEL_DIR, SHIPPED_MODEL_NAME
+    return tiny_model_dir, TINY_MODEL_NAME
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +84,10 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
         key = (backend, port_range, tuple(sorted((env or {}).items())), tenant)
         if key not in stacks:
             root = tmp_path_factory.mktemp(f"stack-{backend}")
-            stacks[key] = start_stack(root, tiny_model_dir, backend=backend,
+            model_dir, model_name = _stack_model(tiny_model_dir)
+            stacks[key] = start_stack(root, model_dir, backend=backend,
                                       port_range=port_range, redis_url=redis_url,
-                                      model_name=TINY_MODEL_NAME, tenant=tenant, env=env)
+                                      model_name=model_name, tenant=tenant, env=env)
         return stacks[key]
 
     try:
