@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.imaging import decode_image
-from shared.preprocessing import crop_box_for, preprocess_batch, to_original_frame
 from research import metrics as M
 from research.train import list_folder
+from shared.imaging import decode_image
+from shared.preprocessing import crop_box_for, preprocess_batch, to_original_frame
 
 CHUNK = 128
 POINTING_TOLERANCE = 0.015  # 1.5% of the longer side: 4 px at 256 px, about 3 mm of anatomy

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.imaging import DecodedImage
-from shared.labels import CLASSES, class_index as index_of
+from shared.labels import CLASSES
+from shared.labels import class_index as index_of
 from shared.preprocessing import crop_box_for, preprocess_batch, to_original_frame
 from worker import overlay
 from worker.gate import GateOutcome, assess

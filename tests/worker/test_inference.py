@@ -59,7 +59,7 @@ def test_accepted_results(model_dir: Path, scans) -> None:
         assert r.confidence == pytest.approx(max(r.probabilities.values()))
         assert r.label == max(r.probabilities, key=r.probabilities.get)
         assert r.cam is not None and r.cam.shape == scan.pixels.shape[:2]
-        assert r.cam.dtype == np.float32 and 0.0 <= r.cam.min() and r.cam.max() <= 1.0
+        assert r.cam.dtype == np.float32 and r.cam.min() >= 0.0 and r.cam.max() <= 1.0
         top, bottom, left, right = crop_box_for(scan.pixels)
         outside = np.ones(r.cam.shape, bool)
         outside[top:bottom, left:right] = False

@@ -15,7 +15,14 @@ import keras
 from shared.labels import CLASSES
 from shared.preprocessing import PREPROCESSING_ID
 from worker.model.architecture import build_model
-from worker.model.card import build_card, card_path, read_card, sha256_file, weights_path, write_card
+from worker.model.card import (
+    build_card,
+    card_path,
+    read_card,
+    sha256_file,
+    weights_path,
+    write_card,
+)
 from worker.model.config import ModelConfig
 from worker.model.weights import inject_weights
 

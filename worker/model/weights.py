@@ -84,7 +84,7 @@ def read_weights_file(path: str | Path) -> tuple[str, list[StoredLayer]]:
     with h5py.File(path, "r") as f:
         if "layers" in f and isinstance(f["layers"], h5py.Group) and "layer_names" not in f.attrs:
             return "keras3-weights", _read_keras3(f)
-        root = f["model_weights"] if "model_weights" in f else f
+        root = f.get("model_weights", f)
         if "layer_names" in root.attrs:
             return "keras2-h5", _read_keras2(root)
     raise WeightsMismatchError(f"{path.name}: not a Keras weights file (no known layout)")
