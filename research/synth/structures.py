@@ -53,12 +53,12 @@ def add_bright_structures(
     for _ in range(int(rng.integers(2, 10)) if sulcal.size else 0):
         start = divmod(int(sulcal[rng.integers(sulcal.size)]), labels.shape[1])
         _stamp(out, _curve(rng, start, int(rng.integers(10, 60)), 0.7))
-    if rng.random() < 0.6:  # one thicker vessel (e.g. a cortical vein or the MCA)
-        if sulcal.size:
-            start = divmod(int(sulcal[rng.integers(sulcal.size)]), labels.shape[1])
-            thick = np.zeros_like(out)
-            _stamp(thick, _curve(rng, start, int(rng.integers(15, 50)), 0.8))
-            out |= ndi.binary_dilation(thick, iterations=1)
+    # One thicker vessel (e.g. a cortical vein or the MCA); the draw comes first, as before.
+    if rng.random() < 0.6 and sulcal.size:
+        start = divmod(int(sulcal[rng.integers(sulcal.size)]), labels.shape[1])
+        thick = np.zeros_like(out)
+        _stamp(thick, _curve(rng, start, int(rng.integers(15, 50)), 0.8))
+        out |= ndi.binary_dilation(thick, iterations=1)
     vent = labels == VENT
     if vent.sum() > 30 and rng.random() < 0.8:  # choroid plexus: small lobulated clumps
         idx = np.flatnonzero(vent)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from research.synth.anatomy import HEAD_FILE, load_anatomy
-from research.synth.generate import CLASSES, class_schedule, generate_dataset, render_sample, sample_rng
+from research.synth.generate import (
+    CLASSES,
+    class_schedule,
+    generate_dataset,
+    render_sample,
+    sample_rng,
+)
 
 pytestmark = pytest.mark.skipif(not HEAD_FILE.exists(), reason="mricron-data not installed")
 SIZE = 96
