@@ -113,17 +113,21 @@ def _is_gray_rgb(rgb: np.ndarray) -> bool:
     return bool(np.mean(spread > tol) < 0.01)
 
 
-def to_png_bytes(pixels: np.ndarray) -> bytes:
+def to_png_bytes(pixels: np.ndarray, max_side: int | None = None) -> bytes:
     """Decoded pixels (float32 [0, 1], HxW or HxWx3) as an 8-bit PNG a browser can show.
 
     Pixels only: Pillow writes no text chunks unless asked, so nothing from the source file's
-    metadata can travel with it. Rounded as `shared.reports.preview` does, so a report drawn
-    from this PNG shows the same 8-bit pixels as one drawn from the original."""
+    metadata can travel with it. With `max_side`, shrunk (aspect kept) to fit that square.
+    The worker's stored previews and the PDF report both encode through here, so a report
+    drawn from either shows the same 8-bit pixels."""
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"expected HxW or HxWx3 pixels, got shape {pixels.shape}")
     eight_bit = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    picture = Image.fromarray(eight_bit)  # uint8 HxW is "L", HxWx3 is "RGB"
+    if max_side is not None:
+        picture.thumbnail((max_side, max_side))
     buf = io.BytesIO()
-    Image.fromarray(eight_bit).save(buf, format="PNG")  # uint8 HxW is "L", HxWx3 is "RGB"
+    picture.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
-from PIL import Image
-
 from shared.errors import InputError
-from shared.imaging import decode_image
+from shared.imaging import decode_image, to_png_bytes
 
 
 def preview_png(data: bytes | None, frame: int | None = None, max_side: int = 512) -> bytes | None:
@@ -19,9 +14,4 @@ def preview_png(data: bytes | None, frame: int | None = None, max_side: int = 51
         img = decode_image(data, frame=frame)
     except InputError:
         return None
-    pixels = np.clip(img.pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    picture = Image.fromarray(pixels)
-    picture.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    picture.save(buf, format="PNG")
-    return buf.getvalue()
+    return to_png_bytes(img.pixels, max_side=max_side)
