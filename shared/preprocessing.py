@@ -83,8 +83,14 @@ def pad_to_square(img: np.ndarray) -> np.ndarray:
 
 def preprocess(pixels: np.ndarray, size: int) -> np.ndarray:
     """Any decoded image (HxW or HxWxC, any dtype) -> float32 (size, size, 1) in [0, 1]."""
+    return preprocess_with_box(pixels, size)[0]
+
+
+def preprocess_with_box(pixels: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`preprocess`, plus the crop box it used (to map heatmaps back without recomputing it)."""
     scaled = scale_intensity(to_grayscale(pixels))
-    return to_model_frame(scaled, head_bounding_box(scaled), size)[..., np.newaxis]
+    box = head_bounding_box(scaled)
+    return to_model_frame(scaled, box, size)[..., np.newaxis], box
 
 
 def preprocess_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:

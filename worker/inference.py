@@ -15,7 +15,7 @@ import numpy as np
 from shared.imaging import DecodedImage
 from shared.labels import CLASSES
 from shared.labels import class_index as index_of
-from shared.preprocessing import crop_box_for, preprocess_batch, to_original_frame
+from shared.preprocessing import preprocess_with_box, to_original_frame
 from worker import overlay
 from worker.gate import GateOutcome, assess
 from worker.model.gradcam import make_explainer
@@ -79,11 +79,11 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
     results: list[Analysis] = [Analysis(gate=g) for g in gates]
     if not accepted:
         return results
-    batch = preprocess_batch([images[i].pixels for i in accepted], model.input_size)
-    probs, cams = run_batch(model, batch, class_index)
+    prepared = [preprocess_with_box(images[i].pixels, model.input_size) for i in accepted]
+    probs, cams = run_batch(model, np.stack([x for x, _ in prepared]), class_index)
     for row, i in enumerate(accepted):
         pixels = images[i].pixels
-        cam = to_original_frame(cams[row], crop_box_for(pixels), pixels.shape[:2])
+        cam = to_original_frame(cams[row], prepared[row][1], pixels.shape[:2])
         top = int(np.argmax(probs[row]))
         results[i] = Analysis(
             gate=gates[i],
