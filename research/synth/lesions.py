@@ -74,7 +74,7 @@ def plan_glioma(rng, labels, mm_px) -> Lesion | None:
     (so low temporal-lobe gliomas are as common as high ones)."""
     brain = np.isin(labels, BRAIN)
     depth = ndi.distance_transform_edt(brain)
-    radius = rng.uniform(6.0, 24.0) / mm_px
+    radius = rng.uniform(8.0, 25.0) / mm_px
     radius = min(radius, max(depth.max() * 0.9, 4.0 / mm_px))
     ok = np.isin(labels, (GM, WM)) & (depth > radius * 0.6)
     c = _pick(rng, ok) or _pick(rng, np.isin(labels, (GM, WM)))
@@ -95,7 +95,7 @@ def plan_meningioma(rng, labels, coords, mm_px) -> Lesion | None:
     c = _pick(rng, cand)
     if c is None:
         return None
-    radius = rng.uniform(6.0, 25.0) / mm_px
+    radius = rng.uniform(8.0, 25.0) / mm_px
     radius = min(radius, max(ndi.distance_transform_edt(brain).max() * 1.2, 5.0 / mm_px))
     return Lesion("meningioma", c, radius, rng.uniform(0.35, 0.8), info={"base": c})
 

@@ -12,6 +12,8 @@ import pytest
 from research.synth.anatomy import HEAD_FILE, load_anatomy
 from research.synth.generate import (
     CLASSES,
+    MIN_LESION_CONTRAST,
+    MIN_LESION_MM2,
     class_schedule,
     generate_dataset,
     render_sample,
@@ -85,6 +87,10 @@ def test_tumour_mask_nonempty_and_inside_head(label: str) -> None:
         # The head is everything clearly above background; the lesion must lie within it.
         head = img > np.percentile(img, 5) + 10
         assert (mask & head).sum() >= 0.8 * mask.sum(), meta
+        # Only visible tumours are labelled: big and distinct enough, by the generator's floors.
+        assert meta["lesion_mm2"] >= MIN_LESION_MM2[label], meta
+        assert meta["lesion_mm2"] == pytest.approx(mask.sum() * meta["mm_per_px"] ** 2, rel=1e-3)
+        assert meta["lesion_contrast"] >= MIN_LESION_CONTRAST, meta
 
 
 def test_notumor_mask_empty() -> None:
