@@ -43,7 +43,8 @@ async def create_batch(
     if len(files) > settings.max_batch_files:
         raise InputError(f"{len(files)} files; a batch takes at most {settings.max_batch_files}.",
                          code="too_many_files", http_status=413)
-    callback = intake.check_callback_url(callback_url)
+    # The SSRF check resolves the host name: a blocking call, kept off the event loop.
+    callback = await run_in_threadpool(intake.check_callback_url, callback_url)
     rejected: list[RejectedFile] = []
     scan_ids: list[str] = []
     async with async_write_session() as session:

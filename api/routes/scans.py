@@ -48,7 +48,8 @@ async def create_scan(
         raise InputError(f"The request is {declared} bytes; the limit is "
                          f"{settings.max_upload_bytes} per file.", code="file_too_large",
                          http_status=413)
-    callback = intake.check_callback_url(callback_url)
+    # The SSRF check resolves the host name: a blocking call, kept off the event loop.
+    callback = await run_in_threadpool(intake.check_callback_url, callback_url)
     data = await intake.read_limited(file, settings.max_upload_bytes)
     accepted = await run_in_threadpool(intake.accept_upload, data, filename=file.filename,
                                        frame=frame, tenant_id=tenant.id, settings=settings)
