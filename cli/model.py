@@ -38,13 +38,20 @@ def train(
     name: Annotated[str, typer.Option(help="Model name (file stem).")] = "neuroscan-cnn",
     tiny: Annotated[bool, typer.Option(help="Use the tiny test architecture.")] = False,
     time_budget_min: Annotated[float, typer.Option(help="Stop after this many minutes of training.")] = 0.0,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate of the cosine schedule.")] = 3e-3,
+    lesion_weight: Annotated[float, typer.Option(help="Weight of the auxiliary lesion-map loss (0: off).")] = 1.0,
+    init_from: Annotated[Path | None, typer.Option(
+        help="Start from these weights (.weights.h5, .keras or Keras 2 .h5): a warm restart.")] = None,
 ) -> None:
     """Train the CNN on a folder of images; writes weights + model card (with temperature)."""
     from research.train import TrainOptions, train_model
 
+    if init_from is not None and not init_from.is_file():
+        raise typer.BadParameter(f"{init_from} is not a file", param_hint="--init-from")
     opts = TrainOptions(data=data, out=out, epochs=epochs, batch_size=batch_size,
                         val_fraction=val_fraction, seed=seed, input_size=input_size,
-                        name=name, tiny=tiny, time_budget_s=time_budget_min * 60 or None)
+                        name=name, tiny=tiny, time_budget_s=time_budget_min * 60 or None,
+                        learning_rate=learning_rate, lesion_weight=lesion_weight, init_from=init_from)
     path = train_model(opts)
     typer.echo(f"saved {path}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import sys
 import time
@@ -183,16 +184,24 @@ def lesion_loss(target: Any, logits: Any) -> Any:
 
 
 def training_model(base: Any, cam_layer: str) -> Any:
-    """The served network plus auxiliary 1x1-conv lesion maps (one per tumour kind) on the
-    Grad-CAM layer.
+    """The served network with a second output: lesion maps (one per tumour kind) on the
+    Grad-CAM layer's grid, for the lesion-mask loss.
 
-    With lesion masks (the synthetic data has them) this deep supervision teaches the last
-    conv block where lesions are, far faster than the class label alone; the auxiliary head
-    is dropped after training (only `base` is saved), so serving is unchanged."""
+    With the "lesion_maps" head those are the served network's own maps, so the masks
+    supervise exactly what the class decision and Grad-CAM read. With the "features" head an
+    auxiliary 1x1 conv is added for training and dropped afterwards (only `base` is saved).
+    Either way this dense supervision teaches the last conv block where lesions are, far
+    faster than the class label alone."""
     import keras
 
-    aux = keras.layers.Conv2D(LESION_CHANNELS.shape[1], 1, name="aux_lesion")(
-        base.get_layer(cam_layer).output)
+    from worker.model.architecture import LESION_MAPS
+
+    if any(layer.name == LESION_MAPS for layer in base.layers):
+        # The "lesion_maps" head: supervise the served maps themselves.
+        aux = base.get_layer(LESION_MAPS).output
+    else:
+        aux = keras.layers.Conv2D(LESION_CHANNELS.shape[1], 1, name="aux_lesion")(
+            base.get_layer(cam_layer).output)
     return keras.Model(base.inputs[0], {"logits": base.outputs[0], "lesion": aux}, name="trainer")
 
 
@@ -204,28 +213,57 @@ def _manifest_info(data: Path) -> dict[str, Any]:
     return {k: m.get(k) for k in ("generator", "version", "params")}
 
 
-class _TimeBudget:
-    """Keras callback factory: stop when another epoch as long as the slowest so far would
-    overrun the time budget."""
+def cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up from peak/10 to peak, then cosine decay to zero at the last step
+    (``total_steps - 1``)."""
+    if step < warmup_steps:
+        return peak * (0.1 + 0.9 * step / warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    @staticmethod
-    def make(budget_s: float):  # noqa: ANN205
-        import keras
 
-        class TimeBudget(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):  # noqa: ANN001, ANN202
-                self.start = self.last = time.monotonic()
-                self.longest = 0.0
+def affordable_epochs(planned: int, done: int, elapsed_s: float, longest_epoch_s: float,
+                      budget_s: float | None) -> int:
+    """Epochs in all that fit the time budget, if every further epoch is as slow as the
+    slowest so far (never fewer than already done, never more than planned)."""
+    if not budget_s or longest_epoch_s <= 0:
+        return planned
+    more = int((budget_s - elapsed_s) // longest_epoch_s)
+    return max(done, min(planned, done + max(more, 0)))
 
-            def on_epoch_end(self, epoch, logs=None):  # noqa: ANN001, ANN202
-                now = time.monotonic()
-                self.longest, self.last = max(self.longest, now - self.last), now
-                if now - self.start + self.longest > budget_s:
+
+def _budgeted_cosine(peak: float, steps_per_epoch: int, planned_epochs: int,
+                     budget_s: float | None):  # noqa: ANN202 - returns a Keras callback
+    """Cosine learning rate whose horizon shrinks to the epochs the time budget allows.
+
+    A schedule fixed at compile time would stop a budget-cut run at a high learning rate;
+    this one re-plans after every epoch from measured epoch times, so the rate still anneals
+    to zero in the last epoch that fits, and training stops there."""
+    import keras
+
+    class BudgetedCosine(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # noqa: ANN001, ANN202
+            self.start = self.last = time.monotonic()
+            self.longest, self.step, self.total_epochs = 0.0, 0, planned_epochs
+            self.warmup = min(planned_epochs * steps_per_epoch // 20, 100)
+
+        def on_train_batch_begin(self, batch, logs=None):  # noqa: ANN001, ANN202
+            lr = cosine_lr(self.step, self.total_epochs * steps_per_epoch, peak, self.warmup)
+            self.model.optimizer.learning_rate.assign(lr)
+            self.step += 1
+
+        def on_epoch_end(self, epoch, logs=None):  # noqa: ANN001, ANN202
+            now = time.monotonic()
+            self.longest, self.last = max(self.longest, now - self.last), now
+            self.total_epochs = affordable_epochs(planned_epochs, epoch + 1, now - self.start,
+                                                  self.longest, budget_s)
+            if epoch + 1 >= self.total_epochs:
+                if self.total_epochs < planned_epochs:
                     print(f"stopping after epoch {epoch + 1}: another would pass the "
                           f"{budget_s:.0f}s budget", flush=True)
-                    self.model.stop_training = True
+                self.model.stop_training = True
 
-        return TimeBudget()
+    return BudgetedCosine()
 
 
 def train_model(opts: TrainOptions) -> Path:
@@ -269,19 +307,14 @@ def train_model(opts: TrainOptions) -> Path:
 
         inject_weights(model, opts.init_from)  # a warm restart: a new LR cycle from these weights
     trainer = training_model(model, config.cam_layer)
-    steps = max(1, len(train_ds)) * opts.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(
-        opts.learning_rate * 0.1, decay_steps=steps, warmup_target=opts.learning_rate,
-        warmup_steps=min(steps // 20, 100))
-    trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+    schedule = _budgeted_cosine(opts.learning_rate, max(1, len(train_ds)), opts.epochs, opts.time_budget_s)
+    trainer.compile(optimizer=keras.optimizers.AdamW(opts.learning_rate * 0.1, weight_decay=1e-4),
                     loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           "lesion": lesion_loss},
                     loss_weights={"logits": 1.0, "lesion": opts.lesion_weight if masks is not None else 0.0},
                     metrics={"logits": ["accuracy"]})
-    callbacks: list[Any] = [keras.callbacks.EarlyStopping(
+    callbacks: list[Any] = [schedule, keras.callbacks.EarlyStopping(
         monitor="val_logits_loss", mode="min", patience=opts.patience, restore_best_weights=True)]
-    if opts.time_budget_s:
-        callbacks.append(_TimeBudget.make(opts.time_budget_s))
     progress = sys.stdout.isatty() if opts.progress is None else opts.progress
     t_fit = time.monotonic()
     history = trainer.fit(train_ds, validation_data=(x_val, {"logits": y_val, "lesion": m_val}),
@@ -298,10 +331,15 @@ def train_model(opts: TrainOptions) -> Path:
         "validation": "stratified split of the training folder",
         "val_fraction": opts.val_fraction, "epochs_planned": opts.epochs,
         "epochs_run": len(history.history["loss"]), "batch_size": opts.batch_size,
-        "optimizer": f"AdamW, cosine decay from {opts.learning_rate:g}, weight decay 1e-4",
+        "optimizer": f"AdamW, warm-up then cosine decay from {opts.learning_rate:g} to 0 over the "
+                     f"epochs that fit the time budget, weight decay 1e-4",
+        "time_budget_s": opts.time_budget_s,
+        "final_learning_rate": float(np.asarray(trainer.optimizer.learning_rate)),
         "augmentation": "left-right flip, rotation ±11°, gamma, contrast/brightness, Gaussian noise",
-        "lesion_supervision": (f"auxiliary 1x1-conv lesion maps (one per tumour kind) on {config.cam_layer}, class-balanced BCE, "
-                               f"weight {opts.lesion_weight:g} (training only)") if masks is not None else None,
+        "lesion_supervision": (
+            f"{'the served lesion_maps layer' if config.head == 'lesion_maps' else 'auxiliary 1x1-conv lesion maps (training only)'}"
+            f" (one map per tumour kind on the {config.cam_layer} grid), cell-touches-lesion targets, class-balanced BCE, "
+            f"weight {opts.lesion_weight:g}") if masks is not None else None,
         "train_seconds": round(fit_s, 1),
         "initial_weights": None if opts.init_from is None else {
             "file": Path(opts.init_from).name, "sha256": sha256_file(opts.init_from)},

@@ -52,6 +52,8 @@ def test_training_writes_a_loadable_card(model_dir: Path, dataset: Path) -> None
     assert card["training"]["n_train"] == 24 and card["training"]["n_validation"] == 8
     assert card["training"]["data_source"]["params"] == {"n_images": 32, "seed": 5, "size": 128}
     assert card["training"]["epochs_run"] == 1
+    # The cosine schedule ran to its end: the last step's rate is (nearly) zero.
+    assert 0.0 <= card["training"]["final_learning_rate"] < 0.05 * 3e-3
     assert 0.05 <= card["temperature"] <= 20.0
     val = card["metrics"]["validation"]
     assert val["n"] == 8 and 0.0 <= val["accuracy"] <= 1.0
@@ -93,3 +95,38 @@ def test_predict_cli_prints_one_json_line_per_file(model_dir: Path, dataset: Pat
         assert line["label"] in CLASSES
         assert set(line["probabilities"]) == set(CLASSES)
     assert lines[2]["label"] is None and lines[2]["error"]["code"] == "unsupported_media_type"
+
+
+def test_train_cli_warm_restart_records_the_starting_weights(model_dir: Path, dataset: Path,
+                                                              tmp_path: Path) -> None:
+    from cli.main import app
+    from worker.model.card import sha256_file
+
+    start = model_dir / f"{NAME}.weights.h5"
+    args = ["train", "--data", str(dataset), "--out", str(tmp_path), "--epochs", "1", "--batch-size", "8",
+            "--val-fraction", "0.25", "--input-size", "64", "--name", "restarted", "--tiny",
+            "--learning-rate", "0.0005", "--init-from", str(start)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    training = load_model(tmp_path, "restarted").card["training"]
+    assert training["initial_weights"] == {"file": start.name, "sha256": sha256_file(start)}
+    assert "0.0005" in training["optimizer"]
+
+    missing = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "nope.weights.h5")])
+    assert missing.exit_code != 0 and "--init-from" in missing.output
+
+
+def test_learning_rate_schedule_and_time_budget_plan() -> None:
+    from research.train import affordable_epochs, cosine_lr
+
+    peak, total, warm = 3e-3, 1000, 50
+    lrs = [cosine_lr(s, total, peak, warm) for s in range(total)]
+    assert lrs[0] == pytest.approx(peak / 10) and lrs[warm] == pytest.approx(peak)
+    assert all(a <= b for a, b in zip(lrs[:warm], lrs[1:warm + 1], strict=True))  # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[warm:-1], lrs[warm + 1:], strict=True))  # then decays
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    # 100 s epochs, 1000 s budget, 300 s gone after 3 epochs: 7 more fit, capped by the plan.
+    assert affordable_epochs(20, 3, 300.0, 100.0, 1000.0) == 10
+    assert affordable_epochs(8, 3, 300.0, 100.0, 1000.0) == 8
+    assert affordable_epochs(20, 3, 990.0, 100.0, 1000.0) == 3  # nothing more fits: stop now
+    assert affordable_epochs(20, 3, 300.0, 100.0, None) == 20  # no budget: the plan stands

@@ -90,6 +90,17 @@ def test_config_roundtrip_refuses_unknown_keys() -> None:
         ModelConfig.from_dict({**config.to_dict(), "blok_filters": [1]})
 
 
+def test_cards_from_before_the_head_option_keep_the_features_head() -> None:
+    old_card = {k: v for k, v in ModelConfig().to_dict().items() if k != "head"}
+    config = ModelConfig.from_dict(old_card)
+    assert config.head == "features"
+    model = build_model(config)
+    assert "lesion_maps" not in [layer.name for layer in model.layers]
+    assert model.get_layer("pooled").output.shape[-1] == 2 * config.block_filters[-1]
+    with pytest.raises(ValueError, match="head must be"):
+        ModelConfig(head="transformer")
+
+
 def test_default_architecture_budget() -> None:
     config = ModelConfig()
     model = build_model(config)
