@@ -90,17 +90,6 @@ def test_config_roundtrip_refuses_unknown_keys() -> None:
         ModelConfig.from_dict({**config.to_dict(), "blok_filters": [1]})
 
 
-def test_cards_from_before_the_head_option_keep_the_features_head() -> None:
-    old_card = {k: v for k, v in ModelConfig().to_dict().items() if k != "head"}
-    config = ModelConfig.from_dict(old_card)
-    assert config.head == "features"
-    model = build_model(config)
-    assert "lesion_maps" not in [layer.name for layer in model.layers]
-    assert model.get_layer("pooled").output.shape[-1] == 2 * config.block_filters[-1]
-    with pytest.raises(ValueError, match="head must be"):
-        ModelConfig(head="transformer")
-
-
 def test_default_architecture_budget() -> None:
     config = ModelConfig()
     model = build_model(config)
@@ -121,7 +110,10 @@ def test_shipped_model_loads_and_classifies_regenerated_test_images() -> None:
     test = model.card["metrics"]["test"]
     params = test["data"]["source"]["params"]
     assert (model.input_size, model.classes) == (128, CLASSES)
-    assert 0.0 < test["ece_after_t"] <= test["ece_before_t"]
+    # Temperature scaling minimises NLL on the validation split; ECE itself is not guaranteed
+    # to fall on the test set, so only the stated goal is checked for it.
+    val = model.card["metrics"]["validation"]
+    assert val["nll_after_t"] <= val["nll_before_t"] and 0.0 < test["ece_after_t"] <= 0.05
     n = 24
     labels = class_schedule(params["n_images"], params["seed"])[:n]
     images = [DecodedImage(render_sample(sample_rng(params["seed"], i), lab, params["size"])[0].astype(np.float32) / 255,
@@ -130,4 +122,6 @@ def test_shipped_model_loads_and_classifies_regenerated_test_images() -> None:
     results = analyse(images, model)
     assert all(r.gate.accepted for r in results)
     accuracy = np.mean([r.label == lab for r, lab in zip(results, labels, strict=True)])
-    assert accuracy >= 0.5, accuracy  # chance is 0.25; the card reports the full-set figure
+    # Chance is 0.25 and the card reports 0.91 on the full set; 24 images have a binomial
+    # spread of about 0.06, so 0.75 is more than two and a half spreads below the card.
+    assert accuracy >= 0.75, accuracy

@@ -11,9 +11,6 @@ from keras import layers
 
 from worker.model.config import ModelConfig
 
-LESION_MAPS = "lesion_maps"
-"""Layer name of the per-tumour-kind lesion maps (the "lesion_maps" head)."""
-
 
 def _conv_bn_relu(x: keras.KerasTensor, filters: int, name: str, *, strides: int = 1,
                   dilation: int = 1, out_name: str | None = None) -> keras.KerasTensor:
@@ -42,16 +39,6 @@ def build_model(config: ModelConfig) -> keras.Model:
             x = layers.MaxPooling2D(2, name=f"block{b + 1}_pool")(x)
     # Head: everything after the CAM layer; Grad-CAM differentiates through this part only.
     features = x
-    if config.head == "lesion_maps":
-        if config.dropout > 0:
-            x = layers.Dropout(config.dropout, name="head_dropout")(x)
-        # One lesion-evidence map per tumour kind (logits per 16x16 cell); the training
-        # loop supervises this layer against the lesion masks.
-        maps = layers.Conv2D(len(config.tumour_classes), 1, name=LESION_MAPS)(x)
-        pooled = layers.Concatenate(name="pooled")([layers.GlobalMaxPooling2D(name="gmp")(maps),
-                                                    layers.GlobalAveragePooling2D(name="gap")(maps)])
-        logits = layers.Dense(config.num_classes, name="logits")(pooled)
-        return keras.Model(inputs, logits, name=config.name.replace("-", "_"))
     x = layers.GlobalAveragePooling2D(name="gap")(features)
     if config.head_pooling == "avg+max":
         x = layers.Concatenate(name="pooled")([x, layers.GlobalMaxPooling2D(name="gmp")(features)])

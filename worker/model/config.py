@@ -20,7 +20,7 @@ class ModelConfig:
     for Grad-CAM to point at a pituitary lesion a few millimetres wide."""
 
     name: str = "neuroscan-cnn"
-    version: str = "1.0.0"
+    version: str = "1.1.0"
     input_size: int = 128
     # Sized for two CPU cores: ~0.25 M parameters, most of the width in the last block,
     # whose 16x16 maps Grad-CAM reads; the 64x64 and 32x32 blocks stay narrow because
@@ -35,14 +35,6 @@ class ModelConfig:
     # max of a lesion-detecting channel, while in the average it is diluted by the whole
     # head. Grad-CAM still sees a gradient at every position through the average branch.
     head_pooling: str = "avg+max"
-    # The head after the CAM layer:
-    # - "lesion_maps": a 1x1 conv gives one lesion-evidence map per tumour kind on the 16x16
-    #   grid (trained densely against the lesion masks when they exist), then global max and
-    #   average pooling of those maps -> dense logits. The class decision reads the maps
-    #   directly, so Grad-CAM for a tumour class is (up to scale) that kind's lesion map: the
-    #   CAM architecture of Zhou et al. (CVPR 2016), with dense supervision of the class maps.
-    # - "features": global pooling of all CAM-layer channels -> dense logits (model 1.0.0).
-    head: str = "lesion_maps"
     dropout: float = 0.2
     classes: tuple[str, ...] = field(default=CLASSES)
     cam_layer: str = "last_conv_block"
@@ -53,10 +45,6 @@ class ModelConfig:
                 f"input_size {self.input_size} must be divisible by 2**{len(self.block_filters)}")
         if self.head_pooling not in ("avg", "avg+max"):
             raise ValueError(f"head_pooling must be 'avg' or 'avg+max', not {self.head_pooling!r}")
-        if self.head not in ("lesion_maps", "features"):
-            raise ValueError(f"head must be 'lesion_maps' or 'features', not {self.head!r}")
-        if self.head == "lesion_maps" and len(self.tumour_classes) == 0:
-            raise ValueError("the lesion_maps head needs at least one tumour class")
         if not self.block_filters or self.convs_per_block < 1:
             raise ValueError("need at least one block with at least one conv")
 
@@ -64,11 +52,6 @@ class ModelConfig:
     def cam_resolution(self) -> int:
         """Side of the last conv block's map: the stem halves, each pooling between blocks halves."""
         return self.input_size // (2 ** len(self.block_filters))
-
-    @property
-    def tumour_classes(self) -> tuple[str, ...]:
-        """The classes with a lesion (one lesion map each), in class order."""
-        return tuple(c for c in self.classes if c != "notumor")
 
     @property
     def num_classes(self) -> int:
@@ -88,16 +71,14 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         values = dict(data)
-        # Cards written before the head was configurable (model 1.0.0) used the pooled-features head.
-        values.setdefault("head", "features")
         for key in ("block_filters", "classes"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
 
     @classmethod
-    def tiny(cls, name: str = "neuroscan-tiny", input_size: int = 64, head: str = "lesion_maps") -> ModelConfig:
+    def tiny(cls, name: str = "neuroscan-tiny", input_size: int = 64) -> ModelConfig:
         """A few thousand parameters: for tests that need real weights, fast."""
         return cls(name=name, version="0.0.1-test", input_size=input_size, stem_filters=4,
                    block_filters=(8, 12, 16), convs_per_block=1, last_block_dilation=1,
-                   head=head, dropout=0.0)
+                   dropout=0.0)
