@@ -119,11 +119,28 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         "gate_false_reject_rate": gate["false_reject_rate"],
         "ood_catch_rate": gate.get("catch_rate"),
     }
+    report["goals"] = goals_met(report["summary"])
     if update_card:
         card_metrics = dict(model.card.get("metrics", {}))
         card_metrics["test"] = {"data": report["data"], **report["summary"]}
+        card_metrics["goals"] = report["goals"]
         write_card_changes(model_dir, name, metrics=card_metrics)
     return report
+
+
+# The shipped model's targets on a held-out synthetic test set (issue 2): metric -> (bound, "min" | "max").
+GOALS: dict[str, tuple[float, str]] = {"accuracy": (0.98, "min"), "pointing_game": (0.90, "min"),
+                                       "ece_after_t": (0.05, "max")}
+
+
+def goals_met(summary: dict[str, Any]) -> dict[str, Any]:
+    """Each goal with its bound and whether the measured value meets it."""
+    out: dict[str, Any] = {}
+    for key, (bound, kind) in GOALS.items():
+        value = summary.get(key)
+        met = value is not None and (value >= bound if kind == "min" else value <= bound)
+        out[key] = {"value": value, kind: bound, "met": bool(met)}
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -140,6 +157,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Weights SHA-256 `{report['model']['sha256'][:16]}…`.", "",
         "| metric | value |", "|---|---|",
         *[f"| {k} | {_fmt(v)} |" for k, v in s.items()], "",
+        "## Goals (issue 2)", "", "| metric | value | goal | met |", "|---|---|---|---|",
+        *[f"| {k} | {_fmt(g['value'])} | {'≥' if 'min' in g else '≤'} {g.get('min', g.get('max'))} | "
+          f"{'yes' if g['met'] else '**no**'} |" for k, g in report["goals"].items()], "",
         "## Per class", "", "| class | precision | recall | F1 | support | ROC-AUC |", "|---|---|---|---|---|---|",
         *[f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} | "
           f"{cls['roc_auc_ovr'][c]:.4f} |" for c, v in cls["per_class"].items()], "",

@@ -77,6 +77,11 @@ def test_evaluation_report(model_dir: Path, dataset: Path, tmp_path: Path) -> No
     assert json.loads(jpath.read_text())["summary"] == report["summary"]
     md = mpath.read_text()
     assert "| accuracy |" in md and "Confusion matrix" in md and "pointing game" in md
+    goals = report["goals"]
+    assert set(goals) == {"accuracy", "pointing_game", "ece_after_t"}
+    assert goals["accuracy"]["met"] == (report["summary"]["accuracy"] >= 0.98)
+    assert goals["ece_after_t"]["met"] == (report["summary"]["ece_after_t"] <= 0.05)
+    assert card["metrics"]["goals"] == goals and "## Goals" in md
 
 
 def test_predict_cli_prints_one_json_line_per_file(model_dir: Path, dataset: Path, tmp_path: Path) -> None:
