@@ -26,7 +26,7 @@ from PIL import Image
 from research import metrics as M
 from research.train import list_folder
 from shared.imaging import decode_image
-from shared.preprocessing import crop_box_for, preprocess_batch, to_original_frame
+from shared.preprocessing import preprocess_with_box, to_original_frame
 
 CHUNK = 128
 POINTING_TOLERANCE = 0.015  # 1.5% of the longer side: 4 px at 256 px, about 3 mm of anatomy
@@ -58,14 +58,15 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         chunk_files, chunk_labels = files[start:start + CHUNK], labels[start:start + CHUNK]
         decoded = [decode_image(f.read_bytes()) for f in chunk_files]
         rejected += [not assess(d).accepted for d in decoded]
-        batch = preprocess_batch([d.pixels for d in decoded], model.input_size)
+        prepared = [preprocess_with_box(d.pixels, model.input_size) for d in decoded]
+        batch = np.stack([x for x, _ in prepared])
         logits.append(model.model.predict(batch, batch_size=CHUNK, verbose=0))
         _, cams = run_batch(model, batch, [int(c) for c in chunk_labels])  # true-class maps
-        for f, lab, d, cam in zip(chunk_files, chunk_labels, decoded, cams, strict=True):
+        for f, lab, d, (_, box), cam in zip(chunk_files, chunk_labels, decoded, prepared, cams, strict=True):
             mask = _mask_for(data, f)
             if mask is None:
                 continue
-            full = to_original_frame(cam, crop_box_for(d.pixels), d.pixels.shape[:2])
+            full = to_original_frame(cam, box, d.pixels.shape[:2])
             if mask.shape != full.shape:
                 raise ValueError(f"{f}: mask {mask.shape} differs from the image {full.shape}")
             tol = max(1, int(round(POINTING_TOLERANCE * max(full.shape))))

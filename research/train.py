@@ -2,7 +2,7 @@
 
     neuroscan train --data var/data/train --out models --epochs 12
 
-Every image goes through `shared.preprocessing.preprocess` (via `load_folder`), the same
+Every image goes through `shared.preprocessing.preprocess_with_box` (via `load_folder`), the same
 function serving uses; augmentation then works on model-frame tensors. After training, the
 calibration temperature is fitted on the validation split (Guo et al. 2017) and stored in
 the model card, which serving applies.
@@ -25,7 +25,7 @@ from PIL import Image
 
 from shared.imaging import decode_image
 from shared.labels import CLASSES
-from shared.preprocessing import PREPROCESSING_ID, crop_box_for, preprocess, to_model_frame
+from shared.preprocessing import PREPROCESSING_ID, preprocess_with_box, to_model_frame
 from shared.settings import get_settings
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
@@ -80,13 +80,14 @@ def mask_path(data: Path, image_path: Path) -> Path:
 def _load_one(job: tuple[Path, Path | None, int]) -> tuple[np.ndarray, np.ndarray | None]:
     path, mpath, size = job
     pixels = decode_image(path.read_bytes()).pixels
-    image = np.round(preprocess(pixels, size)[..., 0] * 255.0).astype(np.uint8)  # 8-bit: 4x less RAM
+    model_frame, box = preprocess_with_box(pixels, size)
+    image = np.round(model_frame[..., 0] * 255.0).astype(np.uint8)  # 8-bit: 4x less RAM
     if mpath is None:
         return image, None
     mask = np.asarray(Image.open(mpath).convert("L"), dtype=np.float32) / 255.0 if mpath.is_file() \
         else np.zeros(pixels.shape[:2], np.float32)
     # The same crop, pad and resize as the image, so the mask stays on the lesion.
-    framed = to_model_frame(mask, crop_box_for(pixels), size)
+    framed = to_model_frame(mask, box, size)
     return image, np.round(framed * 255.0).astype(np.uint8)
 
 
