@@ -38,8 +38,8 @@ def measure(model_dir: Path, name: str, batch_sizes: tuple[int, ...], repeats: i
     from worker.model.gradcam import make_explainer, make_predictor
 
     model = load_model(model_dir, name)
-    predict = make_predictor(model.model, model.temperature)
-    explain = make_explainer(model.model, model.config.cam_layer, model.temperature)
+    predict = make_predictor(model.model, model.temperature, mirror=model.mirror)
+    explain = make_explainer(model.model, model.config.cam_layer, model.temperature, mirror=model.mirror)
     rng = np.random.default_rng(0)
     rows = {}
     for n in batch_sizes:

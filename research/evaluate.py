@@ -44,7 +44,7 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
                     update_card: bool = False, with_ood: bool = True) -> dict[str, Any]:
     """All metrics for one model on one folder; see the module docstring."""
     from worker.gate import assess
-    from worker.inference import run_batch
+    from worker.inference import logits_batch, run_batch
     from worker.model import load_model
     from worker.model.loader import update_card as write_card_changes
 
@@ -60,7 +60,7 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         rejected += [not assess(d).accepted for d in decoded]
         prepared = [preprocess_with_box(d.pixels, model.input_size) for d in decoded]
         batch = np.stack([x for x, _ in prepared])
-        logits.append(model.model.predict(batch, batch_size=CHUNK, verbose=0))
+        logits.append(logits_batch(model, batch))
         _, cams = run_batch(model, batch, [int(c) for c in chunk_labels])  # true-class maps
         for f, lab, d, (_, box), cam in zip(chunk_files, chunk_labels, decoded, prepared, cams, strict=True):
             mask = _mask_for(data, f)

@@ -18,7 +18,7 @@ from shared.labels import class_index as index_of
 from shared.preprocessing import preprocess_with_box, to_original_frame
 from worker import overlay
 from worker.gate import GateOutcome, assess
-from worker.model.gradcam import make_explainer
+from worker.model.gradcam import make_explainer, make_logits
 from worker.model.loader import LoadedModel
 
 MAX_BATCH = 64  # bounds peak memory for very large batches; results do not depend on it
@@ -42,8 +42,18 @@ def explainer_for(model: LoadedModel):  # noqa: ANN201 - a compiled tf.function
     """The model's compiled Grad-CAM graph, built once per LoadedModel."""
     key = "gradcam"
     if key not in model._explainers:
-        model._explainers[key] = make_explainer(model.model, model.config.cam_layer, model.temperature)
+        model._explainers[key] = make_explainer(model.model, model.config.cam_layer, model.temperature,
+                                                mirror=model.mirror)
     return model._explainers[key]
+
+
+def logits_batch(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+    """Preprocessed (N,S,S,1) -> the served logits (N,C), before temperature (evaluation reads these)."""
+    if "logits" not in model._explainers:
+        model._explainers["logits"] = make_logits(model.model, mirror=model.mirror)
+    fn = model._explainers["logits"]
+    return np.concatenate([fn(batch[s:s + MAX_BATCH]).numpy() for s in range(0, len(batch), MAX_BATCH)]
+                          or [np.zeros((0, len(CLASSES)), np.float32)])
 
 
 def _requested(class_index: ClassRequest, n: int) -> np.ndarray:

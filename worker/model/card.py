@@ -28,7 +28,7 @@ def sha256_file(path: str | Path) -> str:
 
 def build_card(config: ModelConfig, *, weights_file: str, weights_sha256: str,
                metrics: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
-               temperature: float = 1.0) -> dict[str, Any]:
+               temperature: float = 1.0, mirror: bool = False) -> dict[str, Any]:
     import keras  # only the worker side builds cards
     import tensorflow as tf
 
@@ -44,6 +44,8 @@ def build_card(config: ModelConfig, *, weights_file: str, weights_sha256: str,
         "preprocessing": PREPROCESSING_ID,
         "output": "logits; probabilities = softmax(logits / temperature)",
         "temperature": float(temperature),
+        # "mirror": logits (and Grad-CAM) of the image and its left-right mirror image, averaged.
+        "test_time_augmentation": "mirror" if mirror else "none",
         "training": training or {},
         "metrics": metrics or {},
         "weights": {"file": weights_file, "sha256": weights_sha256},

@@ -4,6 +4,13 @@ Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient
 Localization", ICCV 2017. For class c and the last conv block's activations A (H'xW'xK):
 α_k = mean over space of ∂y_c/∂A_k, map = ReLU(Σ_k α_k A_k), scaled to [0, 1] per image.
 
+The coarse map (16x16 for the shipped model) is upsampled with a Lanczos-3 kernel, not
+bilinearly: a bilinear map always peaks exactly at a cell centre, 8 px apart at 128 px, so
+a lesion smaller than a cell is often "missed" by a map that is right about it. Lanczos
+interpolation puts the peak between cells where the neighbouring cells say it is (on the
+shipped model's test set the strict pointing game rose from 0.874 to 0.939 with this alone;
+docs/model.md).
+
 The model is split (not edited) into a body (image -> A) and a head (A -> logits). The body
 runs once, forward only; the gradient tape covers just the head, so the explanation costs
 little beyond inference.
@@ -28,6 +35,7 @@ import keras
 import tensorflow as tf
 
 EPSILON = 1e-7
+UPSAMPLING = "lanczos3"  # see the module docstring; tf.image.resize's name for the kernel
 
 Explainer = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
@@ -41,40 +49,82 @@ def split_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras
             keras.Model(features, model.outputs[0], name="cam_head"))
 
 
-def make_explainer(model: keras.Model, layer_name: str, temperature: float = 1.0) -> Explainer:
-    """A compiled fn(images (N,S,S,1), class_index (N,) int32, -1 = argmax) -> (probs (N,C), cams (N,S,S))."""
+def _views(images: tf.Tensor, mirror: bool) -> tf.Tensor:
+    """The batch, followed by its left-right mirror images when `mirror` is on."""
+    return tf.concat([images, tf.reverse(images, axis=[2])], axis=0) if mirror else images
+
+
+def _merge(logits: tf.Tensor, n: tf.Tensor, mirror: bool) -> tf.Tensor:
+    """(2N, C) view logits -> (N, C): the mean over an image and its mirror image."""
+    return (logits[:n] + logits[n:]) / 2.0 if mirror else logits
+
+
+def make_explainer(model: keras.Model, layer_name: str, temperature: float = 1.0, *,
+                   mirror: bool = False) -> Explainer:
+    """A compiled fn(images (N,S,S,1), class_index (N,) int32, -1 = argmax) -> (probs (N,C), cams (N,S,S)).
+
+    With `mirror` (test-time augmentation, the model card's choice) each image is scored
+    together with its left-right mirror image: the logits are averaged, and the map is
+    Grad-CAM of that averaged score, i.e. both views' weighted activations, the mirrored one
+    flipped back, summed before the ReLU. The explanation is then exactly mirror-equivariant."""
     body, head = split_model(model, layer_name)
     size = model.inputs[0].shape[1:3]
 
     @tf.function(input_signature=[tf.TensorSpec([None, *size, 1], tf.float32),
                                   tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
     def explain(images: tf.Tensor, class_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        feats = body(images, training=False)  # forward once, outside the tape: no gradient needed
+        n = tf.shape(images)[0]
+        feats = body(_views(images, mirror), training=False)  # forward once, outside the tape
         with tf.GradientTape() as tape:
             tape.watch(feats)  # A is an intermediate tensor, not a variable
-            logits = head(feats, training=False)
+            logits = _merge(head(feats, training=False), n, mirror)
             predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
             chosen = tf.where(class_index >= 0, class_index, predicted)
             # Summing the chosen scores over the batch is safe: image i's score depends on A_i only.
             score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
         grads = tape.gradient(score, feats)
         alpha = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # channel importance α_k
-        cam = tf.nn.relu(tf.reduce_sum(alpha * feats, axis=-1))  # keep evidence FOR class c only
-        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        cam = cam / (peak + EPSILON)  # per-image [0, 1]; an all-zero map stays zero, never NaN
-        cam = tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0]
+        weighted = tf.reduce_sum(alpha * feats, axis=-1)
+        if mirror:  # the mirror view's evidence, flipped back onto the image
+            weighted = weighted[:n] + tf.reverse(weighted[n:], axis=[2])
+        cam = tf.nn.relu(weighted)  # keep evidence FOR class c only
         probs = tf.nn.softmax(logits / temperature, axis=-1)  # temperature-calibrated (Guo et al. 2017)
-        return probs, tf.clip_by_value(cam, 0.0, 1.0)
+        return probs, upsample_cam(cam, size)
 
     return explain
 
 
-def make_predictor(model: keras.Model, temperature: float = 1.0) -> Callable[[tf.Tensor], tf.Tensor]:
+def upsample_cam(cam: tf.Tensor, size: tuple[int, int] | tf.TensorShape) -> tf.Tensor:
+    """Coarse non-negative maps (N, h, w) -> (N, *size) in [0, 1], each peaking at 1.
+
+    Normalised before and after the Lanczos resize: before, so the kernel works on a common
+    scale; after, because its negative lobes ring (clipped at 0) and its peak can overshoot.
+    An all-zero map stays zero, never NaN."""
+    cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + EPSILON)
+    cam = tf.nn.relu(tf.image.resize(cam[..., tf.newaxis], size, method=UPSAMPLING)[..., 0])
+    cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + EPSILON)
+    return tf.clip_by_value(cam, 0.0, 1.0)
+
+
+def make_logits(model: keras.Model, *, mirror: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The served logits (before temperature), compiled: what calibration and evaluation read."""
+    size = model.inputs[0].shape[1:3]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *size, 1], tf.float32)], reduce_retracing=True)
+    def logits(images: tf.Tensor) -> tf.Tensor:
+        return _merge(model(_views(images, mirror), training=False), tf.shape(images)[0], mirror)
+
+    return logits
+
+
+def make_predictor(model: keras.Model, temperature: float = 1.0, *,
+                   mirror: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
     """Probabilities only, compiled the same way: the baseline for the Grad-CAM overhead benchmark."""
+    logits = make_logits(model, mirror=mirror)
     size = model.inputs[0].shape[1:3]
 
     @tf.function(input_signature=[tf.TensorSpec([None, *size, 1], tf.float32)], reduce_retracing=True)
     def predict(images: tf.Tensor) -> tf.Tensor:
-        return tf.nn.softmax(model(images, training=False) / temperature, axis=-1)
+        return tf.nn.softmax(logits(images) / temperature, axis=-1)
 
     return predict

@@ -70,18 +70,23 @@ class LoadedModel:
     def classes(self) -> tuple[str, ...]:
         return tuple(self.card["classes"])
 
+    @property
+    def mirror(self) -> bool:
+        """Serve the mean of the image's and its mirror image's logits (cards before 1.2.0: no)."""
+        return self.card.get("test_time_augmentation", "none") == "mirror"
+
 
 def save_model_files(model: keras.Model, config: ModelConfig, model_dir: str | Path, *,
                      metrics: dict[str, Any] | None = None,
                      training: dict[str, Any] | None = None,
-                     temperature: float = 1.0) -> Path:
+                     temperature: float = 1.0, mirror: bool = False) -> Path:
     """Write `<name>.weights.h5` and `<name>.card.json` (with the weights' SHA-256); returns the weights path."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     wpath = weights_path(model_dir, config.name)
     model.save_weights(wpath)
     card = build_card(config, weights_file=wpath.name, weights_sha256=sha256_file(wpath),
-                      metrics=metrics, training=training, temperature=temperature)
+                      metrics=metrics, training=training, temperature=temperature, mirror=mirror)
     write_card(card, card_path(model_dir, config.name))
     return wpath
 
