@@ -28,7 +28,9 @@ def synth(
 
 
 def train(
-    data: Annotated[Path, typer.Option(help="Training folder in the Kaggle layout (glioma/ meningioma/ notumor/ pituitary/).")],
+    data: Annotated[list[Path], typer.Option(
+        help="Training folder in the Kaggle layout (glioma/ meningioma/ notumor/ pituitary/); "
+             "repeat to train on several together.")],
     out: Annotated[Path, typer.Option("--out", "--model-dir", help="Where to write <name>.weights.h5 and its card.")] = Path("models"),
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 20,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
@@ -42,16 +44,21 @@ def train(
     lesion_weight: Annotated[float, typer.Option(help="Weight of the auxiliary lesion-map loss (0: off).")] = 1.0,
     init_from: Annotated[Path | None, typer.Option(
         help="Start from these weights (.weights.h5, .keras or Keras 2 .h5): a warm restart.")] = None,
+    mirror: Annotated[bool, typer.Option(
+        help="Serve the mean of each image's and its left-right mirror image's logits (recorded in the card).")] = True,
+    precision: Annotated[str, typer.Option(
+        help="auto (mixed bfloat16 where the CPU computes it natively, else float32), bfloat16 or float32.")] = "auto",
 ) -> None:
     """Train the CNN on a folder of images; writes weights + model card (with temperature)."""
     from research.train import TrainOptions, train_model
 
     if init_from is not None and not init_from.is_file():
         raise typer.BadParameter(f"{init_from} is not a file", param_hint="--init-from")
-    opts = TrainOptions(data=data, out=out, epochs=epochs, batch_size=batch_size,
+    opts = TrainOptions(data=tuple(data), out=out, epochs=epochs, batch_size=batch_size,
                         val_fraction=val_fraction, seed=seed, input_size=input_size,
                         name=name, tiny=tiny, time_budget_s=time_budget_min * 60 or None,
-                        learning_rate=learning_rate, lesion_weight=lesion_weight, init_from=init_from)
+                        learning_rate=learning_rate, lesion_weight=lesion_weight, init_from=init_from,
+                        mirror=mirror, precision=precision)
     path = train_model(opts)
     typer.echo(f"saved {path}")
 

@@ -33,7 +33,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
 @dataclass(frozen=True)
 class TrainOptions:
-    data: Path
+    data: Path | tuple[Path, ...]  # one folder in the Kaggle layout, or several trained on together
     out: Path = Path("models")
     epochs: int = 12
     batch_size: int = 64
@@ -47,7 +47,13 @@ class TrainOptions:
     lesion_weight: float = 1.0  # auxiliary lesion-map loss, used when the folder has masks/
     init_from: Path | None = None  # continue from these weights (any layout weight injection reads)
     time_budget_s: float | None = None
+    mirror: bool = True  # serve (and so calibrate) on the mean of the image's and its mirror's logits
+    precision: str = "auto"  # "bfloat16" (mixed), "float32", or "auto": bfloat16 where the CPU has it
     progress: bool | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        return (Path(self.data),) if isinstance(self.data, str | Path) else tuple(map(Path, self.data))
 
 
 def list_folder(data: Path) -> tuple[list[Path], np.ndarray]:
@@ -119,6 +125,18 @@ def load_folder(data: Path, size: int, *, workers: int = 2) -> Loaded:
     return Loaded(images, masks, labels, files)
 
 
+def load_folders(folders: tuple[Path, ...], size: int) -> Loaded:
+    """`load_folder` for each folder, concatenated; masks only when every folder has them."""
+    parts = [load_folder(f, size) for f in folders]
+    if len(parts) == 1:
+        return parts[0]
+    with_masks = all(p.masks is not None for p in parts)
+    return Loaded(np.concatenate([p.images for p in parts]),
+                  np.concatenate([p.masks for p in parts]) if with_masks else None,  # type: ignore[misc]
+                  np.concatenate([p.labels for p in parts]),
+                  [f for p in parts for f in p.files])
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     train, val = [], []
@@ -130,18 +148,39 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _augmenter(seed: int, cam_resolution: int):  # noqa: ANN202 - returns a tf.data map function
-    import keras
+MAX_ROTATION = math.radians(11.0)
+
+
+def flip_and_rotate(images: Any, mirror: Any, angle: Any) -> Any:
+    """Resample (N,H,W,C) images once: mirrored left-right where `mirror` is -1, then rotated
+    by `angle` (radians) about the centre; bilinear, zeros outside (air).
+
+    One projective resampling instead of a flip followed by a rotation: on two cores the
+    augmentation shares the CPU with the training step, so every full-batch pass counts."""
     import tensorflow as tf
 
-    rotate = keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed)  # about ±11°
+    h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) reads input R(angle) @ diag(mirror, 1) @ ((x, y) - c) + c.
+    transforms = tf.stack([cos * mirror, -sin, cx - cos * mirror * cx + sin * cy,
+                           sin * mirror, cos, cy - sin * mirror * cx - cos * cy,
+                           tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def _augmenter(cam_resolution: int):  # noqa: ANN202 - returns a tf.data map function
+    import tensorflow as tf
 
     def augment(x: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         # Image and mask travel as two channels of one tensor, so geometry moves both alike.
         both = tf.cast(tf.stack([x, m], axis=-1), tf.float32) / 255.0
         n = tf.shape(both)[0]
-        flip = tf.random.uniform([n, 1, 1, 1]) < 0.5  # left-right only: skull base stays below
-        both = rotate(tf.where(flip, tf.reverse(both, axis=[2]), both), training=True)
+        # Left-right flip (only: the skull base stays below) and a rotation, in one resampling.
+        mirror = tf.where(tf.random.uniform([n]) < 0.5, -1.0, 1.0)
+        both = flip_and_rotate(both, mirror, tf.random.uniform([n], -MAX_ROTATION, MAX_ROTATION))
         x, m = both[..., :1], both[..., 1:]
         gamma = tf.exp(tf.random.uniform([n, 1, 1, 1], -0.3, 0.3))
         x = tf.clip_by_value(x, 0.0, 1.0) ** gamma
@@ -195,9 +234,27 @@ def training_model(base: Any, cam_layer: str) -> Any:
     pointing game of 0.40 against 0.87; docs/model.md.)"""
     import keras
 
-    aux = keras.layers.Conv2D(LESION_CHANNELS.shape[1], 1, name="aux_lesion")(
+    aux = keras.layers.Conv2D(LESION_CHANNELS.shape[1], 1, dtype="float32", name="aux_lesion")(
         base.get_layer(cam_layer).output)
     return keras.Model(base.inputs[0], {"logits": base.outputs[0], "lesion": aux}, name="trainer")
+
+
+def cpu_has_bfloat16() -> bool:
+    """Does this x86 CPU compute in bfloat16 natively (AVX512-BF16 or AMX)? Elsewhere the
+    conversions cost more than they save."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bfloat16" if cpu_has_bfloat16() else "float32"
+    if precision not in ("bfloat16", "float32"):
+        raise ValueError(f"precision must be 'auto', 'bfloat16' or 'float32', not {precision!r}")
+    return precision
 
 
 def _manifest_info(data: Path) -> dict[str, Any]:
@@ -206,6 +263,13 @@ def _manifest_info(data: Path) -> dict[str, Any]:
         return {}
     m = json.loads(path.read_text())
     return {k: m.get(k) for k in ("generator", "version", "params")}
+
+
+def _data_record(folders: tuple[Path, ...]) -> dict[str, Any]:
+    """The card's record of what was trained on: one folder as before, several as lists."""
+    if len(folders) == 1:
+        return {"data": str(folders[0]), "data_source": _manifest_info(folders[0])}
+    return {"data": [str(f) for f in folders], "data_source": [_manifest_info(f) for f in folders]}
 
 
 def cosine_lr(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
@@ -264,7 +328,7 @@ def _budgeted_cosine(peak: float, steps_per_epoch: int, planned_epochs: int,
 def train_model(opts: TrainOptions) -> Path:
     """Train, calibrate, save `<name>.weights.h5` + card; returns the weights path."""
     t0 = time.monotonic()
-    loaded = load_folder(opts.data, opts.input_size)  # forks workers: before TF starts threads
+    loaded = load_folders(opts.folders, opts.input_size)  # forks workers: before TF starts threads
     images, labels = loaded.images, loaded.labels
     masks = loaded.masks if loaded.masks is not None and opts.lesion_weight > 0 else None
     tr, va = stratified_split(labels, opts.val_fraction, opts.seed)
@@ -289,14 +353,20 @@ def train_model(opts: TrainOptions) -> Path:
     train_ds = (tf.data.Dataset.from_tensor_slices((images[tr], mask_tr, labels[tr]))
                 .shuffle(len(tr), seed=opts.seed, reshuffle_each_iteration=True)
                 .batch(opts.batch_size, drop_remainder=len(tr) >= opts.batch_size)
-                .map(_augmenter(opts.seed, config.cam_resolution), num_parallel_calls=tf.data.AUTOTUNE)
+                .map(_augmenter(config.cam_resolution), num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(2))
     x_val = images[va].astype(np.float32)[..., np.newaxis] / 255.0
     y_val = labels[va]
     m_val = lesion_targets(masks[va] if masks is not None else np.zeros_like(images[va]),
                            y_val, config.cam_resolution)
 
-    model = build_model(config)
+    precision = resolve_precision(opts.precision)
+    if precision == "bfloat16":  # mixed: bfloat16 compute, float32 variables and logits
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
     if opts.init_from is not None:
         from worker.model import inject_weights
 
@@ -317,11 +387,18 @@ def train_model(opts: TrainOptions) -> Path:
                           shuffle=False, verbose=1 if progress else 2)
     fit_s = time.monotonic() - t_fit
 
-    val_logits = model.predict(x_val, batch_size=128, verbose=0)
+    if precision != "float32":  # calibrate and save the network exactly as serving builds it
+        served = build_model(config)
+        served.set_weights(model.get_weights())  # the variables were float32 all along
+        model = served
+    from worker.model.gradcam import make_logits
+
+    served_logits = make_logits(model, mirror=opts.mirror)  # T is fitted on what serving computes
+    val_logits = np.concatenate([served_logits(x_val[s:s + 128]).numpy() for s in range(0, len(x_val), 128)])
     temperature = fit_temperature(val_logits, y_val)
     val_metrics = classification_summary(val_logits, y_val, config.classes, temperature)
     training = {
-        "data": str(opts.data), "data_source": _manifest_info(opts.data),
+        **_data_record(opts.folders),
         "n_train": int(len(tr)), "n_validation": int(len(va)), "seed": opts.seed,
         "validation": "stratified split of the training folder",
         "val_fraction": opts.val_fraction, "epochs_planned": opts.epochs,
@@ -330,7 +407,10 @@ def train_model(opts: TrainOptions) -> Path:
                      f"epochs that fit the time budget, weight decay 1e-4",
         "time_budget_s": opts.time_budget_s,
         "final_learning_rate": float(np.asarray(trainer.optimizer.learning_rate)),
+        "precision": "mixed bfloat16 (float32 variables; served in float32)" if precision == "bfloat16"
+                     else "float32",
         "augmentation": "left-right flip, rotation ±11°, gamma, contrast/brightness, Gaussian noise",
+        "test_time_augmentation": "mirror (logits averaged; temperature fitted on them)" if opts.mirror else "none",
         "lesion_supervision": (f"auxiliary 1x1-conv lesion maps (one per tumour kind) on {config.cam_layer}, class-balanced BCE, "
                                f"weight {opts.lesion_weight:g} (training only)") if masks is not None else None,
         "train_seconds": round(fit_s, 1),
@@ -342,7 +422,7 @@ def train_model(opts: TrainOptions) -> Path:
                               ("n", "accuracy", "macro_f1", "ece_before_t", "ece_after_t",
                                "nll_before_t", "nll_after_t")}}
     path = save_model_files(model, config, opts.out, metrics=metrics, training=training,
-                            temperature=temperature)
+                            temperature=temperature, mirror=opts.mirror)
     print(f"validation accuracy {val_metrics['accuracy']:.4f}, T={temperature:.3f}, "
           f"ECE {val_metrics['ece_before_t']:.4f} -> {val_metrics['ece_after_t']:.4f}; "
           f"trained {fit_s:.0f}s; saved {path}", flush=True)

@@ -135,3 +135,47 @@ def test_learning_rate_schedule_and_time_budget_plan() -> None:
     assert affordable_epochs(8, 3, 300.0, 100.0, 1000.0) == 8
     assert affordable_epochs(20, 3, 990.0, 100.0, 1000.0) == 3  # nothing more fits: stop now
     assert affordable_epochs(20, 3, 300.0, 100.0, None) == 20  # no budget: the plan stands
+
+
+def test_flip_and_rotate_is_one_exact_resampling() -> None:
+    import math
+
+    import numpy as np
+    import tensorflow as tf
+
+    from research.train import flip_and_rotate
+
+    images = tf.random.stateless_uniform([3, 32, 32, 2], seed=(1, 2))
+    ones, zeros = tf.ones([3]), tf.zeros([3])
+    np.testing.assert_array_equal(flip_and_rotate(images, ones, zeros).numpy(), images.numpy())
+    np.testing.assert_array_equal(flip_and_rotate(images, -ones, zeros).numpy(),
+                                  tf.reverse(images, axis=[2]).numpy())
+    quarter = flip_and_rotate(images, ones, tf.fill([3], math.pi / 2)).numpy()
+    assert min(np.abs(quarter - tf.image.rot90(images, k).numpy()).max() for k in (1, 3)) < 1e-4
+    # Mirrored and turned by a quarter: a transpose of the image, whichever way it turns.
+    both = flip_and_rotate(images, -ones, tf.fill([3], math.pi / 2)).numpy()
+    transposed = tf.transpose(images, [0, 2, 1, 3]).numpy()
+    assert min(np.abs(both - t).max() for t in (transposed, transposed[:, ::-1, ::-1])) < 1e-4
+
+
+def test_train_cli_on_two_folders_records_both(dataset: Path, tmp_path: Path) -> None:
+    from cli.main import app
+    from research.train import cpu_has_bfloat16
+
+    second = tmp_path / "second"
+    generate_dataset(second, 16, seed=6, size=128, workers=1, progress=False)
+    args = ["train", "--data", str(dataset), "--data", str(second), "--out", str(tmp_path / "m"),
+            "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25", "--input-size", "64",
+            "--name", "two", "--tiny"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "m", "two")
+    training = model.card["training"]
+    assert training["n_train"] + training["n_validation"] == 48
+    assert training["data"] == [str(dataset), str(second)]
+    assert [s["params"]["seed"] for s in training["data_source"]] == [5, 6]
+    # "auto" trains in mixed bfloat16 where the CPU computes it natively; serving is float32.
+    assert training["precision"].startswith("mixed bfloat16" if cpu_has_bfloat16() else "float32")
+    assert {w.dtype for w in model.model.weights} == {"float32"}
+    assert model.model.get_layer("logits").compute_dtype == "float32"
+    assert model.model.get_layer("block3_1_conv").compute_dtype == "float32"

@@ -125,3 +125,34 @@ def test_shipped_model_loads_and_classifies_regenerated_test_images() -> None:
     # Chance is 0.25 and the card reports 0.91 on the full set; 24 images have a binomial
     # spread of about 0.06, so 0.75 is more than two and a half spreads below the card.
     assert accuracy >= 0.75, accuracy
+
+
+def test_cards_from_before_batch_norm_from_build_the_old_network() -> None:
+    """Cards of 1.1.0 and earlier do not name `batch_norm_from`: they normalised every stage."""
+    legacy = {k: v for k, v in ModelConfig(version="1.1.0").to_dict().items() if k != "batch_norm_from"}
+    old = build_model(ModelConfig.from_dict(legacy))
+    assert old.get_layer("stem_bn") is not None and not old.get_layer("stem_conv").use_bias
+    new = build_model(ModelConfig())
+    names = {layer.name for layer in new.layers}
+    assert "stem_bn" not in names and "block1_1_bn" not in names and "block2_1_bn" in names
+    assert new.get_layer("stem_conv").use_bias and not new.get_layer("block2_1_conv").use_bias
+
+
+def test_fused_batch_normalization_trains_like_keras_and_serves_as_keras() -> None:
+    import keras
+    import numpy as np
+
+    from worker.model.architecture import FusedBatchNormalization
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (8, 6, 6, 5)).astype(np.float32)
+    fused, plain = FusedBatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    fused.build(x.shape)
+    plain.build(x.shape)
+    fused.set_weights(plain.get_weights())
+    np.testing.assert_allclose(fused(x, training=True).numpy(), plain(x, training=True).numpy(), atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), atol=1e-5)
+    n = x.size // x.shape[-1]  # the fused kernel keeps the unbiased batch variance
+    expected_var = 0.9 + 0.1 * (plain.moving_variance.numpy() - 0.9) / 0.1 * n / (n - 1)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), expected_var, rtol=1e-4)
+    fused.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(fused(x, training=False).numpy(), plain(x, training=False).numpy())
