@@ -1,6 +1,6 @@
 """Grad-CAM overhead: (inference + Grad-CAM) / (inference only), at batch 1 and 32.
 
-    .venv/bin/python -m bench.gradcam_overhead [--model-dir models] [--repeats 15]
+    .venv/bin/python -m bench.gradcam_overhead [--model-dir models] [--repeats 50]
 
 Both are compiled graphs on the shipped model (`make_predictor`: probabilities only;
 `make_explainer`: probabilities + map, what the worker runs). They are timed side by side,
@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--name", default=None)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from shared.settings import get_settings
