@@ -14,7 +14,7 @@ REQUIREMENTS := requirements/api.txt requirements/worker.txt requirements/dev.tx
 help:
 	@echo "make run     start the API and a worker on the embedded defaults (PORT=8000)"
 	@echo "make test    start PostgreSQL/Redis if needed, run the whole test suite"
-	@echo "make bench   Grad-CAM overhead and pipeline throughput benchmarks (JSON in bench/results)"
+	@echo "make bench   Grad-CAM overhead, pipeline and training throughput benchmarks (JSON in bench/results)"
 	@echo "make lint    ruff"
 	@echo "make flower  Flower on BROKER_URL with basic auth (FLOWER_USER, FLOWER_PASSWORD)"
 
@@ -39,6 +39,7 @@ test: venv
 bench: venv
 	$(PY) -m bench.gradcam_overhead
 	$(PY) -m bench.pipeline_throughput
+	$(PY) -m bench.train_throughput
 
 lint: venv
 	$(VENV)/bin/ruff check .
