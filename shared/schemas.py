@@ -188,6 +188,12 @@ def batch_out(batch: Batch, scans: list[ScanResult], sign_url: Callable[[str], s
     for scan in scans:
         counts[scan.state] = counts.get(scan.state, 0) + 1
     done = bool(scans) and counts["succeeded"] + counts["failed"] == len(scans)
-    return BatchOut(id=batch.id, created_at=batch.created_at, finished_at=batch.finished_at,
+    finished_at = batch.finished_at
+    if done and finished_at is None:
+        # The worker records the batch's end just after committing its last scan (so two
+        # workers finishing the last two scans cannot both miss it); a reader in between
+        # sees every scan final, and the batch ended when its last scan did.
+        finished_at = max((s.finished_at for s in scans if s.finished_at), default=None)
+    return BatchOut(id=batch.id, created_at=batch.created_at, finished_at=finished_at,
                     total=batch.total, counts=counts, done=done,
                     scans=[scan_out(s, sign_url) for s in scans], links=batch_links(batch.id))
