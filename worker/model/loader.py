@@ -43,7 +43,7 @@ class LoadedModel:
     config: ModelConfig
     card: dict[str, Any]
     weights_file: Path
-    # Compiled Grad-CAM graphs, cached per model so each is traced once per process.
+    # Compiled graphs (Grad-CAM, served logits), cached per model so each is traced once per process.
     _explainers: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
