@@ -99,6 +99,8 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         gate.update(ood_catch_rate())
     manifest = data / "manifest.json"
     source = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    correct = all_logits.argmax(axis=1) == labels
+    strata = accuracy_strata(source, [f.relative_to(data).as_posix() for f in files], correct)
     report = {
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256,
                   "temperature": model.temperature},
@@ -107,6 +109,7 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         "classification": cls,
         "localisation": localisation,
         "gate": gate,
+        "accuracy_by": strata,
         "seconds": round(seconds, 1),
     }
     report["summary"] = {
@@ -127,6 +130,29 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         card_metrics["goals"] = report["goals"]
         write_card_changes(model_dir, name, metrics=card_metrics)
     return report
+
+
+def accuracy_strata(manifest: dict[str, Any], paths: list[str], correct: np.ndarray) -> dict[str, Any]:
+    """Accuracy by what the generator recorded of each image (plane, contrast look, glioma
+    grade, meningioma site, lesion size terciles per tumour kind): where the errors are.
+    Empty for a folder without a generator manifest (real data)."""
+    records = {r["path"]: r for r in manifest.get("images", [])}
+    if not records or not all(p in records for p in paths):
+        return {}
+    meta = [records[p].get("meta", {}) for p in paths]
+    kinds = [records[p]["label"] for p in paths]
+    groups: dict[str, list[str | None]] = {
+        "plane": [m.get("plane") for m in meta],
+        "contrast": [m.get("contrast") for m in meta],
+        "glioma grade": [m.get("grade") if k == "glioma" else None for m, k in zip(meta, kinds, strict=True)],
+        "meningioma site": [m.get("site") if k == "meningioma" else None for m, k in zip(meta, kinds, strict=True)],
+    }
+    cuts: dict[str, list[float]] = {}
+    for kind in ("glioma", "meningioma", "pituitary"):
+        sizes, cuts[kind] = M.size_terciles([m.get("lesion_mm2") if k == kind else None
+                                             for m, k in zip(meta, kinds, strict=True)])
+        groups[f"{kind} size"] = sizes
+    return {"groups": M.accuracy_by(groups, correct), "size_cuts_mm2": cuts}
 
 
 # The shipped model's targets on a held-out synthetic test set (issue 2): metric -> (bound, "min" | "max").
@@ -175,6 +201,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "| class | n | pointing game | energy inside lesion |", "|---|---|---|---|",
         *[f"| {c} | {v['n']} | {v['pointing_game']:.4f} | {v['energy_inside_lesion']:.4f} |"
           for c, v in loc["per_class"].items()], "",
+        *_strata_markdown(report.get("accuracy_by") or {}),
         "## Input gate", "",
         f"False-reject rate on this set: {_fmt(report['gate']['false_reject_rate'])}; "
         f"catch rate on the out-of-distribution set: {_fmt(report['gate'].get('catch_rate'))} "
@@ -183,6 +210,18 @@ def to_markdown(report: dict[str, Any]) -> str:
         "training run's validation split.", "",
     ]
     return "\n".join(lines)
+
+
+def _strata_markdown(strata: dict[str, Any]) -> list[str]:
+    if not strata:
+        return []
+    cuts = ", ".join(f"{k} {a:.0f} and {b:.0f}" for k, (a, b) in
+                     ((k, v) for k, v in strata["size_cuts_mm2"].items() if v))
+    return ["## Accuracy by what the generator drew", "",
+            f"From the data's manifest. Size terciles of the lesion's area in the slice, cut at (mm²): {cuts}.", "",
+            "| by | group | n | accuracy |", "|---|---|---|---|",
+            *[f"| {name} | {value} | {v['n']} | {v['accuracy']:.4f} |"
+              for name, table in strata["groups"].items() for value, v in table.items()], ""]
 
 
 def write_reports(report: dict[str, Any], stem: Path) -> tuple[Path, Path]:

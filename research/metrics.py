@@ -120,3 +120,33 @@ def classification_summary(logits: np.ndarray, labels: np.ndarray, classes: tupl
         "ece_before_t": expected_calibration_error(probs_raw, labels),
         "ece_after_t": expected_calibration_error(probs, labels),
     }
+
+
+def accuracy_by(groups: dict[str, list[str | None]], correct: np.ndarray) -> dict[str, dict[str, dict[str, Any]]]:
+    """Accuracy within each value of each grouping: {grouping: {value: {"n", "accuracy"}}}.
+
+    `groups[name][i]` is image i's value under that grouping, or None where it does not apply
+    (a glioma grade for a meningioma, say); values are listed in sorted order."""
+    correct = np.asarray(correct, dtype=bool)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, values in groups.items():
+        if len(values) != len(correct):
+            raise ValueError(f"grouping {name!r} has {len(values)} values for {len(correct)} images")
+        table = {}
+        for value in sorted({v for v in values if v is not None}):
+            sel = np.array([v == value for v in values])
+            table[value] = {"n": int(sel.sum()), "accuracy": float(correct[sel].mean())}
+        if table:
+            out[name] = table
+    return out
+
+
+def size_terciles(areas: list[float | None]) -> tuple[list[str | None], list[float]]:
+    """Each area as "small" / "medium" / "large" by the terciles of the known areas (None
+    stays None), and the two cut points."""
+    known = np.array([a for a in areas if a is not None], dtype=float)
+    if known.size == 0:
+        return [None] * len(areas), []
+    cuts = [float(c) for c in np.percentile(known, [100 / 3, 200 / 3])]
+    names = ("1 small", "2 medium", "3 large")
+    return [None if a is None else names[int(np.searchsorted(cuts, a, side="right"))] for a in areas], cuts
