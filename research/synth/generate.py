@@ -17,7 +17,7 @@ from .structures import add_bright_structures, vary_anatomy
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 PHANTOMS = ("glioma", "meningioma")
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.2"
 # A slice is labelled with a tumour only when the tumour is visible in it, as in the clinical
 # sets we target, where the chosen slice shows the lesion. Below these floors the label is
 # noise: on generator 1.0 data the model got glioma and meningioma sections under 200 mm^2

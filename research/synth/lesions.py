@@ -70,14 +70,21 @@ def _pick(rng: np.random.Generator, mask: np.ndarray) -> tuple[int, int] | None:
 
 
 def plan_glioma(rng, labels, mm_px) -> Lesion | None:
-    """Intra-axial: centre in grey or white matter anywhere in the slice's hemispheres
-    (so low temporal-lobe gliomas are as common as high ones)."""
+    """Intra-axial: centred in white matter, deep enough that the nominal tumour lies inside
+    the parenchyma, anywhere in the slice's hemispheres (so low temporal-lobe gliomas are as
+    common as high ones).
+
+    Gliomas grow in and along white matter. Generator 1.1 also centred them in cortex, at
+    0.6 radius from the brain surface: such a homogeneous mass against the dura is drawn the
+    way a meningioma is, and the 1.2.0 model got 14-19% of gliomas with their centre less than
+    one radius deep wrong, against 6% of those deeper than 1.3 radii (docs/model.md)."""
     brain = np.isin(labels, BRAIN)
     depth = ndi.distance_transform_edt(brain)
     radius = rng.uniform(8.0, 25.0) / mm_px
     radius = min(radius, max(depth.max() * 0.9, 4.0 / mm_px))
-    ok = np.isin(labels, (GM, WM)) & (depth > radius * 0.6)
-    c = _pick(rng, ok) or _pick(rng, np.isin(labels, (GM, WM)))
+    c = (_pick(rng, (labels == WM) & (depth > radius))
+         or _pick(rng, np.isin(labels, (GM, WM)) & (depth > radius))
+         or _pick(rng, np.isin(labels, (GM, WM))))
     if c is None:
         return None
     return Lesion("glioma", c, radius, rng.uniform(0.15, 0.55))
@@ -89,15 +96,20 @@ def plan_meningioma(rng, labels, coords, mm_px) -> Lesion | None:
     edge = brain & ~ndi.binary_erosion(brain, iterations=2)
     dura = ndi.binary_dilation(np.isin(labels, (EXTCSF, BONE)), iterations=3)
     cand = edge & dura
-    falx = brain & (np.abs(coords[0] - MIDLINE_X) < 2.0)
+    # The falx sits in the interhemispheric fissure: a midline base on the brain's surface
+    # there. (Generator 1.1 took any midline brain voxel, so "falx" meningiomas grew inside
+    # the thalami and brainstem, looked intra-axial, and 15.5% of them were misread against
+    # 6.8% of the others.)
+    falx = cand & (np.abs(coords[0] - MIDLINE_X) < 3.0)
+    site = "convexity"
     if rng.random() < 0.25 and falx.any():
-        cand = falx
+        cand, site = falx, "falx"
     c = _pick(rng, cand)
     if c is None:
         return None
     radius = rng.uniform(8.0, 25.0) / mm_px
     radius = min(radius, max(ndi.distance_transform_edt(brain).max() * 1.2, 5.0 / mm_px))
-    return Lesion("meningioma", c, radius, rng.uniform(0.35, 0.8), info={"base": c})
+    return Lesion("meningioma", c, radius, rng.uniform(0.35, 0.8), info={"base": c, "site": site})
 
 
 def pituitary_geometry(rng) -> list[tuple[np.ndarray, float]]:
