@@ -48,6 +48,10 @@ def train(
         help="Serve the mean of each image's and its left-right mirror image's logits (recorded in the card).")] = True,
     precision: Annotated[str, typer.Option(
         help="auto (mixed bfloat16 where the CPU computes it natively, else float32), bfloat16 or float32.")] = "auto",
+    low_res_share: Annotated[float, typer.Option(
+        help="Progressive resizing: share of the time budget (of the epochs, without one) trained on "
+             "smaller images first (0: off).", min=0.0, max=0.9)] = 0.0,
+    low_res_size: Annotated[int, typer.Option(help="Image side of that first phase, in pixels.")] = 96,
 ) -> None:
     """Train the CNN on a folder of images; writes weights + model card (with temperature)."""
     from research.train import TrainOptions, train_model
@@ -58,7 +62,8 @@ def train(
                         val_fraction=val_fraction, seed=seed, input_size=input_size,
                         name=name, tiny=tiny, time_budget_s=time_budget_min * 60 or None,
                         learning_rate=learning_rate, lesion_weight=lesion_weight, init_from=init_from,
-                        mirror=mirror, precision=precision)
+                        mirror=mirror, precision=precision, low_res_share=low_res_share,
+                        low_res_size=low_res_size)
     path = train_model(opts)
     typer.echo(f"saved {path}")
 

@@ -49,6 +49,10 @@ class TrainOptions:
     time_budget_s: float | None = None
     mirror: bool = True  # serve (and so calibrate) on the mean of the image's and its mirror's logits
     precision: str = "auto"  # "bfloat16" (mixed), "float32", or "auto": bfloat16 where the CPU has it
+    # Progressive resizing: the first `low_res_share` of the time budget (of the epochs, without
+    # a budget) trains on images resampled to `low_res_size`, the rest at `input_size`.
+    low_res_share: float = 0.0
+    low_res_size: int = 96
     progress: bool | None = None  # None: a progress bar on a terminal, one line per epoch otherwise
 
     @property
@@ -151,27 +155,34 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 MAX_ROTATION = math.radians(11.0)
 
 
-def flip_and_rotate(images: Any, mirror: Any, angle: Any) -> Any:
-    """Resample (N,H,W,C) images once: mirrored left-right where `mirror` is -1, then rotated
-    by `angle` (radians) about the centre; bilinear, zeros outside (air).
+def flip_and_rotate(images: Any, mirror: Any, angle: Any, out_size: int | None = None) -> Any:
+    """Resample (N,H,W,C) images once: mirrored left-right where `mirror` is -1, rotated by
+    `angle` (radians) about the centre and, when `out_size` is given, scaled to out_size x
+    out_size; bilinear, zeros outside (air).
 
-    One projective resampling instead of a flip followed by a rotation: on two cores the
+    One projective resampling instead of a flip, a rotation and a resize: on two cores the
     augmentation shares the CPU with the training step, so every full-batch pass counts."""
     import tensorflow as tf
 
     h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
+    out_shape = tf.shape(images)[1:3] if out_size is None else tf.constant([out_size, out_size])
+    oh, ow = tf.cast(out_shape[0], tf.float32), tf.cast(out_shape[1], tf.float32)
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    ox, oy = (ow - 1.0) / 2.0, (oh - 1.0) / 2.0
+    sx, sy = w / ow, h / oh  # input pixels per output pixel
     cos, sin = tf.cos(angle), tf.sin(angle)
-    # Output pixel (x, y) reads input R(angle) @ diag(mirror, 1) @ ((x, y) - c) + c.
-    transforms = tf.stack([cos * mirror, -sin, cx - cos * mirror * cx + sin * cy,
-                           sin * mirror, cos, cy - sin * mirror * cx - cos * cy,
+    # Output pixel (x, y) reads input R(angle) @ diag(mirror, 1) @ S @ ((x, y) - o) + c.
+    transforms = tf.stack([cos * mirror * sx, -sin * sy, cx - cos * mirror * sx * ox + sin * sy * oy,
+                           sin * mirror * sx, cos * sy, cy - sin * mirror * sx * ox - cos * sy * oy,
                            tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+        images=images, transforms=transforms, output_shape=out_shape,
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
-def _augmenter(cam_resolution: int):  # noqa: ANN202 - returns a tf.data map function
+def _augmenter(downsampling: int, out_size: int | None = None):  # noqa: ANN202 - a tf.data map function
+    """Random geometry and intensity for a batch; images come out `out_size` square (default:
+    as stored), with lesion targets on the matching CAM grid (one cell per `downsampling` px)."""
     import tensorflow as tf
 
     def augment(x: tf.Tensor, m: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
@@ -180,13 +191,13 @@ def _augmenter(cam_resolution: int):  # noqa: ANN202 - returns a tf.data map fun
         n = tf.shape(both)[0]
         # Left-right flip (only: the skull base stays below) and a rotation, in one resampling.
         mirror = tf.where(tf.random.uniform([n]) < 0.5, -1.0, 1.0)
-        both = flip_and_rotate(both, mirror, tf.random.uniform([n], -MAX_ROTATION, MAX_ROTATION))
+        both = flip_and_rotate(both, mirror, tf.random.uniform([n], -MAX_ROTATION, MAX_ROTATION), out_size)
         x, m = both[..., :1], both[..., 1:]
         gamma = tf.exp(tf.random.uniform([n, 1, 1, 1], -0.3, 0.3))
         x = tf.clip_by_value(x, 0.0, 1.0) ** gamma
         x = x * tf.random.uniform([n, 1, 1, 1], 0.85, 1.15) + tf.random.uniform([n, 1, 1, 1], -0.05, 0.05)
         x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform([n, 1, 1, 1], 0.0, 0.03)
-        k = x.shape[1] // cam_resolution
+        k = downsampling
         lesion = tf.cast(tf.nn.max_pool2d(m, k, k, "VALID") > 0.5, tf.float32)  # cell touches lesion
         channels = tf.gather(tf.constant(LESION_CHANNELS), y)[:, tf.newaxis, tf.newaxis, :]
         return tf.clip_by_value(x, 0.0, 1.0), {"logits": y, "lesion": lesion * channels}
@@ -301,10 +312,17 @@ def _budgeted_cosine(peak: float, steps_per_epoch: int, planned_epochs: int,
     import keras
 
     class BudgetedCosine(keras.callbacks.Callback):
+        """One schedule across several `fit` calls (the phases of progressive resizing): its
+        clock, step count and plan start with the first call only."""
+
+        finished = False
+
         def on_train_begin(self, logs=None):  # noqa: ANN001, ANN202
-            self.start = self.last = time.monotonic()
-            self.longest, self.step, self.total_epochs = 0.0, 0, planned_epochs
-            self.warmup = min(planned_epochs * steps_per_epoch // 20, 100)
+            if not hasattr(self, "start"):
+                self.start = time.monotonic()
+                self.longest, self.step, self.total_epochs = 0.0, 0, planned_epochs
+                self.warmup = min(planned_epochs * steps_per_epoch // 20, 100)
+            self.last = time.monotonic()
 
         def on_train_batch_begin(self, batch, logs=None):  # noqa: ANN001, ANN202
             lr = cosine_lr(self.step, self.total_epochs * steps_per_epoch, peak, self.warmup)
@@ -317,12 +335,30 @@ def _budgeted_cosine(peak: float, steps_per_epoch: int, planned_epochs: int,
             self.total_epochs = affordable_epochs(planned_epochs, epoch + 1, now - self.start,
                                                   self.longest, budget_s)
             if epoch + 1 >= self.total_epochs:
+                self.finished = True
                 if self.total_epochs < planned_epochs:
                     print(f"stopping after epoch {epoch + 1}: another would pass the "
                           f"{budget_s:.0f}s budget", flush=True)
                 self.model.stop_training = True
 
     return BudgetedCosine()
+
+
+def _phase_end(seconds: float | None, epochs: int):  # noqa: ANN202 - returns a Keras callback
+    """Ends a `fit` call after the first epoch that reaches `seconds` of it (or, without a time,
+    after `epochs` epochs): the switch from the low-resolution phase to full resolution."""
+    import keras
+
+    class PhaseEnd(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # noqa: ANN001, ANN202
+            self.start, self.epochs = time.monotonic(), 0
+
+        def on_epoch_end(self, epoch, logs=None):  # noqa: ANN001, ANN202
+            self.epochs += 1
+            if (time.monotonic() - self.start >= seconds) if seconds else self.epochs >= epochs:
+                self.model.stop_training = True
+
+    return PhaseEnd()
 
 
 def train_model(opts: TrainOptions) -> Path:
@@ -350,10 +386,15 @@ def train_model(opts: TrainOptions) -> Path:
     keras.utils.set_random_seed(opts.seed)
     # Without masks the lesion head gets all-zero targets at zero weight: one code path.
     mask_tr = masks[tr] if masks is not None else np.zeros_like(images[tr])
-    train_ds = (tf.data.Dataset.from_tensor_slices((images[tr], mask_tr, labels[tr]))
+    low_res = opts.low_res_share > 0 and opts.low_res_size < opts.input_size
+    if low_res and opts.low_res_size % config.downsampling:
+        raise ValueError(f"low_res_size {opts.low_res_size} must be a multiple of {config.downsampling}")
+
+    def train_ds(size: int | None):  # noqa: ANN202 - a tf.data pipeline at one image size
+        return (tf.data.Dataset.from_tensor_slices((images[tr], mask_tr, labels[tr]))
                 .shuffle(len(tr), seed=opts.seed, reshuffle_each_iteration=True)
                 .batch(opts.batch_size, drop_remainder=len(tr) >= opts.batch_size)
-                .map(_augmenter(config.cam_resolution), num_parallel_calls=tf.data.AUTOTUNE)
+                .map(_augmenter(config.downsampling, size), num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(2))
     x_val = images[va].astype(np.float32)[..., np.newaxis] / 255.0
     y_val = labels[va]
@@ -364,7 +405,7 @@ def train_model(opts: TrainOptions) -> Path:
     if precision == "bfloat16":  # mixed: bfloat16 compute, float32 variables and logits
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        model = build_model(config)
+        model = build_model(config, any_size=low_res)
     finally:
         keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
     if opts.init_from is not None:
@@ -372,22 +413,45 @@ def train_model(opts: TrainOptions) -> Path:
 
         inject_weights(model, opts.init_from)  # a warm restart: a new LR cycle from these weights
     trainer = training_model(model, config.cam_layer)
-    schedule = _budgeted_cosine(opts.learning_rate, max(1, len(train_ds)), opts.epochs, opts.time_budget_s)
+    steps_per_epoch = len(tr) // opts.batch_size if len(tr) >= opts.batch_size else 1
+    schedule = _budgeted_cosine(opts.learning_rate, steps_per_epoch, opts.epochs, opts.time_budget_s)
     trainer.compile(optimizer=keras.optimizers.AdamW(opts.learning_rate * 0.1, weight_decay=1e-4),
                     loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           "lesion": lesion_loss},
                     loss_weights={"logits": 1.0, "lesion": opts.lesion_weight if masks is not None else 0.0},
                     metrics={"logits": ["accuracy"]})
-    callbacks: list[Any] = [schedule, keras.callbacks.EarlyStopping(
-        monitor="val_logits_loss", mode="min", patience=opts.patience, restore_best_weights=True)]
     progress = sys.stdout.isatty() if opts.progress is None else opts.progress
     t_fit = time.monotonic()
-    history = trainer.fit(train_ds, validation_data=(x_val, {"logits": y_val, "lesion": m_val}),
-                          batch_size=opts.batch_size, epochs=opts.epochs, callbacks=callbacks,
-                          shuffle=False, verbose=1 if progress else 2)
+    # Phases: (image side, extra callback); validation is always at the serving size.
+    phases: list[tuple[int | None, Any]] = [(None, None)]
+    if low_res:
+        share_s = opts.time_budget_s * opts.low_res_share if opts.time_budget_s else None
+        phases.insert(0, (opts.low_res_size, _phase_end(share_s, max(1, round(opts.epochs * opts.low_res_share)))))
+    history: dict[str, list[float]] = {}
+    epochs_low_res = 0
+    for size, extra in phases:
+        if schedule.finished or len(history.get("loss", [])) >= opts.epochs:
+            break
+        early = keras.callbacks.EarlyStopping(monitor="val_logits_loss", mode="min",
+                                              patience=opts.patience, restore_best_weights=True)
+        done = len(history.get("loss", []))
+        if size is not None:
+            print(f"progressive resizing: training at {size}px, then {opts.input_size}px", flush=True)
+        elif done:
+            print(f"progressive resizing: {opts.input_size}px from epoch {done + 1}", flush=True)
+        fitted = trainer.fit(train_ds(size), validation_data=(x_val, {"logits": y_val, "lesion": m_val}),
+                             initial_epoch=done, epochs=opts.epochs,
+                             callbacks=[schedule, early, *([extra] if extra is not None else [])],
+                             shuffle=False, verbose=1 if progress else 2)
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(values)
+        if size is not None:
+            epochs_low_res = len(fitted.history["loss"])
+        if early.stopped_epoch > 0:
+            break
     fit_s = time.monotonic() - t_fit
 
-    if precision != "float32":  # calibrate and save the network exactly as serving builds it
+    if precision != "float32" or low_res:  # calibrate and save the network exactly as serving builds it
         served = build_model(config)
         served.set_weights(model.get_weights())  # the variables were float32 all along
         model = served
@@ -402,7 +466,7 @@ def train_model(opts: TrainOptions) -> Path:
         "n_train": int(len(tr)), "n_validation": int(len(va)), "seed": opts.seed,
         "validation": "stratified split of the training folder",
         "val_fraction": opts.val_fraction, "epochs_planned": opts.epochs,
-        "epochs_run": len(history.history["loss"]), "batch_size": opts.batch_size,
+        "epochs_run": len(history["loss"]), "batch_size": opts.batch_size,
         "optimizer": f"AdamW, warm-up then cosine decay from {opts.learning_rate:g} to 0 over the "
                      f"epochs that fit the time budget, weight decay 1e-4",
         "time_budget_s": opts.time_budget_s,
@@ -416,7 +480,9 @@ def train_model(opts: TrainOptions) -> Path:
         "train_seconds": round(fit_s, 1),
         "initial_weights": None if opts.init_from is None else {
             "file": Path(opts.init_from).name, "sha256": sha256_file(opts.init_from)},
-        "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
+        "progressive_resizing": {"low_res_size": opts.low_res_size, "share": opts.low_res_share,
+                                 "epochs_at_low_res": epochs_low_res} if low_res else None,
+        "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.items()},
     }
     metrics = {"validation": {k: val_metrics[k] for k in
                               ("n", "accuracy", "macro_f1", "ece_before_t", "ece_after_t",

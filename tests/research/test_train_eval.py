@@ -82,6 +82,14 @@ def test_evaluation_report(model_dir: Path, dataset: Path, tmp_path: Path) -> No
     assert goals["accuracy"]["met"] == (report["summary"]["accuracy"] >= 0.98)
     assert goals["ece_after_t"]["met"] == (report["summary"]["ece_after_t"] <= 0.05)
     assert card["metrics"]["goals"] == goals and "## Goals" in md
+    # Accuracy by what the generator drew, consistent with the overall figure.
+    by = report["accuracy_by"]["groups"]
+    assert sum(v["n"] for v in by["plane"].values()) == 32
+    overall = sum(v["n"] * v["accuracy"] for v in by["plane"].values()) / 32
+    assert overall == pytest.approx(cls["accuracy"])
+    assert sum(v["n"] for v in by["glioma size"].values()) == 8
+    assert set(by["meningioma site"]) <= {"convexity", "falx"}
+    assert "## Accuracy by what the generator drew" in md
 
 
 def test_predict_cli_prints_one_json_line_per_file(model_dir: Path, dataset: Path, tmp_path: Path) -> None:
@@ -156,6 +164,40 @@ def test_flip_and_rotate_is_one_exact_resampling() -> None:
     both = flip_and_rotate(images, -ones, tf.fill([3], math.pi / 2)).numpy()
     transposed = tf.transpose(images, [0, 2, 1, 3]).numpy()
     assert min(np.abs(both - t).max() for t in (transposed, transposed[:, ::-1, ::-1])) < 1e-4
+
+
+def test_flip_and_rotate_scales_in_the_same_resampling() -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from research.train import flip_and_rotate
+
+    images = tf.random.stateless_uniform([2, 32, 32, 1], seed=(3, 4))
+    ones, zeros = tf.ones([2]), tf.zeros([2])
+    # Half size, no turn: output pixel (x, y) reads input (2x + 0.5, 2y + 0.5), the mean of a 2x2 block.
+    half = flip_and_rotate(images, ones, zeros, 16).numpy()
+    np.testing.assert_allclose(half, tf.nn.avg_pool2d(images, 2, 2, "VALID").numpy(), atol=1e-6)
+    mirrored = flip_and_rotate(images, -ones, zeros, 16).numpy()
+    np.testing.assert_allclose(mirrored, half[:, :, ::-1], atol=1e-6)
+
+
+def test_progressive_resizing_trains_small_then_serves_full_size(dataset: Path, tmp_path: Path) -> None:
+    from cli.main import app
+
+    out = tmp_path / "m"
+    args = ["train", "--data", str(dataset), "--out", str(out), "--epochs", "4", "--batch-size", "8",
+            "--val-fraction", "0.25", "--input-size", "64", "--name", "prog", "--tiny",
+            "--low-res-share", "0.5", "--low-res-size", "32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load_model(out, "prog")
+    training = model.card["training"]
+    assert training["progressive_resizing"] == {"low_res_size": 32, "share": 0.5, "epochs_at_low_res": 2}
+    assert training["epochs_run"] == 4 and len(training["history"]["loss"]) == 4
+    assert model.input_size == 64  # the served network is the fixed-size one
+    assert 0.0 <= training["final_learning_rate"] < 0.05 * 3e-3  # one schedule across both phases
+    bad = CliRunner().invoke(app, [*args[:-1], "30"])
+    assert bad.exit_code != 0 and "multiple of 8" in str(bad.exception)
 
 
 def test_train_cli_on_two_folders_records_both(dataset: Path, tmp_path: Path) -> None:

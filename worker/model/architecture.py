@@ -47,9 +47,14 @@ def _conv_relu(x: keras.KerasTensor, filters: int, name: str, *, strides: int = 
     return layers.ReLU(name=out_name or f"{name}_relu")(x)
 
 
-def build_model(config: ModelConfig) -> keras.Model:
-    """image (S, S, 1) in [0, 1] -> logits over `config.classes` (temperature applied later)."""
-    inputs = keras.Input((config.input_size, config.input_size, 1), name="image")
+def build_model(config: ModelConfig, *, any_size: bool = False) -> keras.Model:
+    """image (S, S, 1) in [0, 1] -> logits over `config.classes` (temperature applied later).
+
+    `any_size`: accept any image side (a multiple of `config.downsampling`) instead of
+    `config.input_size`, with the same weights; training uses it to spend its first epochs on
+    smaller images. Serving always builds the fixed-size network."""
+    side = None if any_size else config.input_size
+    inputs = keras.Input((side, side, 1), name="image")
     x = _conv_relu(inputs, config.stem_filters, "stem", strides=2, norm=config.batch_norm_from <= 0)
     last_block = len(config.block_filters) - 1
     for b, filters in enumerate(config.block_filters):

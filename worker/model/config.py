@@ -54,9 +54,15 @@ class ModelConfig:
             raise ValueError("need at least one block with at least one conv")
 
     @property
+    def downsampling(self) -> int:
+        """Input pixels per side of one cell of the last conv block's map: the stem halves,
+        each pooling between blocks halves."""
+        return 2 ** len(self.block_filters)
+
+    @property
     def cam_resolution(self) -> int:
-        """Side of the last conv block's map: the stem halves, each pooling between blocks halves."""
-        return self.input_size // (2 ** len(self.block_filters))
+        """Side of the last conv block's map."""
+        return self.input_size // self.downsampling
 
     @property
     def num_classes(self) -> int:
