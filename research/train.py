@@ -432,6 +432,9 @@ def train_model(opts: TrainOptions) -> Path:
     for size, extra in phases:
         if schedule.finished or len(history.get("loss", [])) >= opts.epochs:
             break
+        # Early stopping watches the full-size phase only: a network trained on small images
+        # scores worse at the serving size until it has trained there (validation is at the
+        # serving size throughout), which would otherwise end the run in its first phase.
         early = keras.callbacks.EarlyStopping(monitor="val_logits_loss", mode="min",
                                               patience=opts.patience, restore_best_weights=True)
         done = len(history.get("loss", []))
@@ -441,7 +444,7 @@ def train_model(opts: TrainOptions) -> Path:
             print(f"progressive resizing: {opts.input_size}px from epoch {done + 1}", flush=True)
         fitted = trainer.fit(train_ds(size), validation_data=(x_val, {"logits": y_val, "lesion": m_val}),
                              initial_epoch=done, epochs=opts.epochs,
-                             callbacks=[schedule, early, *([extra] if extra is not None else [])],
+                             callbacks=[schedule, early] if extra is None else [schedule, extra],
                              shuffle=False, verbose=1 if progress else 2)
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(values)

@@ -75,6 +75,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def stack_model_card(tiny_model_dir: Path) -> dict[str, Any]:
+    """The card of the model the test stacks serve (tiny weights, or the shipped model when
+    screenshots are being made)."""
+    import json
+
+    model_dir, name = _stack_model(tiny_model_dir)
+    return json.loads((model_dir / f"{name}.card.json").read_text())
+
+
+@pytest.fixture(scope="session")
 def live_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
                redis_url: str) -> Iterator[Callable[..., LiveStack]]:
     stacks: dict[Any, LiveStack] = {}

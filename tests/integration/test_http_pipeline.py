@@ -9,7 +9,6 @@ import json
 import math
 import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -59,8 +58,8 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_single_png_and_jpeg_succeed(stack: LiveStack, client: httpx.Client,
-                                     tiny_model_dir: Path) -> None:
-    card = json.loads((tiny_model_dir / "neuroscan-tiny.card.json").read_text())
+                                     stack_model_card: dict) -> None:
+    card = stack_model_card
     uploads = {"png": brain_png(11, "glioma"), "jpeg": brain_jpeg(12, "pituitary")}
     ids = {fmt: _submit(client, data, f"case.{fmt}") for fmt, data in uploads.items()}
     for fmt, scan_id in ids.items():

@@ -20,7 +20,7 @@ class ModelConfig:
     for Grad-CAM to point at a pituitary lesion a few millimetres wide."""
 
     name: str = "neuroscan-cnn"
-    version: str = "1.2.0"
+    version: str = "1.3.0"
     input_size: int = 128
     # Sized for two CPU cores: ~0.25 M parameters, most of the width in the last block,
     # whose 16x16 maps Grad-CAM reads; the 64x64 and 32x32 blocks stay narrow because
