@@ -139,19 +139,18 @@ def accuracy_strata(manifest: dict[str, Any], paths: list[str], correct: np.ndar
     records = {r["path"]: r for r in manifest.get("images", [])}
     if not records or not all(p in records for p in paths):
         return {}
-    meta = [records[p].get("meta", {}) for p in paths]
-    kinds = [records[p]["label"] for p in paths]
-    groups: dict[str, list[str | None]] = {
-        "plane": [m.get("plane") for m in meta],
-        "contrast": [m.get("contrast") for m in meta],
-        "glioma grade": [m.get("grade") if k == "glioma" else None for m, k in zip(meta, kinds, strict=True)],
-        "meningioma site": [m.get("site") if k == "meningioma" else None for m, k in zip(meta, kinds, strict=True)],
-    }
+    images = [(records[p]["label"], records[p].get("meta", {})) for p in paths]
+
+    def of(key: str, kind: str | None = None) -> list[Any]:
+        """Each image's `key`, or None for images of another kind than `kind`."""
+        return [m.get(key) if kind in (None, k) else None for k, m in images]
+
+    groups: dict[str, list[str | None]] = {"plane": of("plane"), "contrast": of("contrast"),
+                                           "glioma grade": of("grade", "glioma"),
+                                           "meningioma site": of("site", "meningioma")}
     cuts: dict[str, list[float]] = {}
     for kind in ("glioma", "meningioma", "pituitary"):
-        sizes, cuts[kind] = M.size_terciles([m.get("lesion_mm2") if k == kind else None
-                                             for m, k in zip(meta, kinds, strict=True)])
-        groups[f"{kind} size"] = sizes
+        groups[f"{kind} size"], cuts[kind] = M.size_terciles(of("lesion_mm2", kind))
     return {"groups": M.accuracy_by(groups, correct), "size_cuts_mm2": cuts}
 
 

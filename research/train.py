@@ -316,9 +316,10 @@ def _budgeted_cosine(peak: float, steps_per_epoch: int, planned_epochs: int,
         clock, step count and plan start with the first call only."""
 
         finished = False
+        start: float | None = None
 
         def on_train_begin(self, logs=None):  # noqa: ANN001, ANN202
-            if not hasattr(self, "start"):
+            if self.start is None:
                 self.start = time.monotonic()
                 self.longest, self.step, self.total_epochs = 0.0, 0, planned_epochs
                 self.warmup = min(planned_epochs * steps_per_epoch // 20, 100)
@@ -390,12 +391,14 @@ def train_model(opts: TrainOptions) -> Path:
     if low_res and opts.low_res_size % config.downsampling:
         raise ValueError(f"low_res_size {opts.low_res_size} must be a multiple of {config.downsampling}")
 
+    # The arrays go into TensorFlow once; each phase maps its own augmentation over the batches.
+    batches = (tf.data.Dataset.from_tensor_slices((images[tr], mask_tr, labels[tr]))
+               .shuffle(len(tr), seed=opts.seed, reshuffle_each_iteration=True)
+               .batch(opts.batch_size, drop_remainder=len(tr) >= opts.batch_size))
+
     def train_ds(size: int | None):  # noqa: ANN202 - a tf.data pipeline at one image size
-        return (tf.data.Dataset.from_tensor_slices((images[tr], mask_tr, labels[tr]))
-                .shuffle(len(tr), seed=opts.seed, reshuffle_each_iteration=True)
-                .batch(opts.batch_size, drop_remainder=len(tr) >= opts.batch_size)
-                .map(_augmenter(config.downsampling, size), num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(2))
+        return batches.map(_augmenter(config.downsampling, size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
     x_val = images[va].astype(np.float32)[..., np.newaxis] / 255.0
     y_val = labels[va]
     m_val = lesion_targets(masks[va] if masks is not None else np.zeros_like(images[va]),
@@ -413,8 +416,7 @@ def train_model(opts: TrainOptions) -> Path:
 
         inject_weights(model, opts.init_from)  # a warm restart: a new LR cycle from these weights
     trainer = training_model(model, config.cam_layer)
-    steps_per_epoch = len(tr) // opts.batch_size if len(tr) >= opts.batch_size else 1
-    schedule = _budgeted_cosine(opts.learning_rate, steps_per_epoch, opts.epochs, opts.time_budget_s)
+    schedule = _budgeted_cosine(opts.learning_rate, max(1, len(batches)), opts.epochs, opts.time_budget_s)
     trainer.compile(optimizer=keras.optimizers.AdamW(opts.learning_rate * 0.1, weight_decay=1e-4),
                     loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           "lesion": lesion_loss},
@@ -422,36 +424,32 @@ def train_model(opts: TrainOptions) -> Path:
                     metrics={"logits": ["accuracy"]})
     progress = sys.stdout.isatty() if opts.progress is None else opts.progress
     t_fit = time.monotonic()
-    # Phases: (image side, extra callback); validation is always at the serving size.
-    phases: list[tuple[int | None, Any]] = [(None, None)]
-    if low_res:
-        share_s = opts.time_budget_s * opts.low_res_share if opts.time_budget_s else None
-        phases.insert(0, (opts.low_res_size, _phase_end(share_s, max(1, round(opts.epochs * opts.low_res_share)))))
     history: dict[str, list[float]] = {}
-    epochs_low_res = 0
-    for size, extra in phases:
-        if schedule.finished or len(history.get("loss", [])) >= opts.epochs:
-            break
-        # Early stopping watches the full-size phase only: a network trained on small images
-        # scores worse at the serving size until it has trained there (validation is at the
-        # serving size throughout), which would otherwise end the run in its first phase.
-        early = keras.callbacks.EarlyStopping(monitor="val_logits_loss", mode="min",
-                                              patience=opts.patience, restore_best_weights=True)
-        done = len(history.get("loss", []))
-        if size is not None:
-            print(f"progressive resizing: training at {size}px, then {opts.input_size}px", flush=True)
-        elif done:
-            print(f"progressive resizing: {opts.input_size}px from epoch {done + 1}", flush=True)
+
+    def fit(size: int | None, callback: Any) -> int:
+        """One phase: epochs on from where the last phase stopped; returns how many it ran.
+        Validation is always at the serving size."""
         fitted = trainer.fit(train_ds(size), validation_data=(x_val, {"logits": y_val, "lesion": m_val}),
-                             initial_epoch=done, epochs=opts.epochs,
-                             callbacks=[schedule, early] if extra is None else [schedule, extra],
-                             shuffle=False, verbose=1 if progress else 2)
+                             initial_epoch=len(history.get("loss", [])), epochs=opts.epochs,
+                             callbacks=[schedule, callback], shuffle=False, verbose=1 if progress else 2)
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(values)
-        if size is not None:
-            epochs_low_res = len(fitted.history["loss"])
-        if early.stopped_epoch > 0:
-            break
+        return len(fitted.history.get("loss", []))
+
+    epochs_low_res = 0
+    if low_res:
+        print(f"progressive resizing: training at {opts.low_res_size}px, then {opts.input_size}px", flush=True)
+        share_s = opts.time_budget_s * opts.low_res_share if opts.time_budget_s else None
+        epochs_low_res = fit(opts.low_res_size,
+                             _phase_end(share_s, max(1, round(opts.epochs * opts.low_res_share))))
+    if not schedule.finished and epochs_low_res < opts.epochs:
+        if low_res:
+            print(f"progressive resizing: {opts.input_size}px from epoch {epochs_low_res + 1}", flush=True)
+        # Early stopping watches the full-size phase only: a network trained on small images
+        # scores worse at the serving size until it has trained there, which would otherwise
+        # end the run in its first phase.
+        fit(None, keras.callbacks.EarlyStopping(monitor="val_logits_loss", mode="min",
+                                                patience=opts.patience, restore_best_weights=True))
     fit_s = time.monotonic() - t_fit
 
     if precision != "float32" or low_res:  # calibrate and save the network exactly as serving builds it
