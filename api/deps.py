@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.errors import error_response
 from shared.db.models import Batch, ScanResult, Tenant, User
 from shared.db.session import async_session_factory
 from shared.db.tenants import authenticate
@@ -21,6 +23,8 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:
+    """The request's one session. Its connection is taken at the first query and given back
+    when the handler returns (scope="function"), not after the response has been sent."""
     async with async_session_factory()() as session:
         yield session
 
@@ -30,7 +34,7 @@ def _configured_storage() -> Storage:
     return get_storage()
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(_configured_storage)]
 
@@ -46,16 +50,33 @@ def _unauthorized(message: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
+def unauthorized_response(message: str) -> JSONResponse:
+    return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def lookup_principal(key: str) -> Principal | None:
+    """The key's tenant and user, in a session of its own that is closed (its connection back
+    in the pool) before this returns: authentication never holds a connection."""
+    async with async_session_factory()() as session:
+        found = await authenticate(session, key)
+    return Principal(*found) if found else None
+
+
 async def current_principal(
-    session: SessionDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller, as authenticated by `api.guard.RequestGuard` before the body was read."""
+    principal = getattr(request.state, "principal", None)
+    if isinstance(principal, Principal):
+        return principal
+    # Only without the guard in front (an app assembled elsewhere): the same check, here.
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("Send an API key as `Authorization: Bearer <key>`.")
-    found = await authenticate(session, credentials.credentials)
+    found = await lookup_principal(credentials.credentials)
     if found is None:
         raise _unauthorized("The API key is unknown or revoked.")
-    return Principal(*found)
+    return found
 
 
 async def current_tenant(principal: Annotated[Principal, Depends(current_principal)]) -> Tenant:

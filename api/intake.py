@@ -9,9 +9,13 @@ even when the broker is down (the worker's start-up sweep re-enqueues what was n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass
+import tempfile
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -77,6 +81,35 @@ def accept_upload(data: bytes, *, filename: str | None, frame: int | None, tenan
                           frame=frame)
 
 
+class Staging:
+    """Accepted uploads kept in a temporary file until they are written: a batch is judged
+    with no database connection held, then stored in one short transaction."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
+        self._items: list[tuple[AcceptedUpload, int, int]] = []
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, upload: AcceptedUpload) -> None:
+        self._file.seek(0, 2)
+        offset = self._file.tell()
+        self._file.write(upload.data)
+        self._items.append((replace(upload, data=b""), offset, len(upload.data)))
+
+    def __iter__(self) -> Iterator[AcceptedUpload]:
+        for upload, offset, size in self._items:
+            self._file.seek(offset)
+            yield replace(upload, data=self._file.read(size))
+
+
 def _clean_filename(name: str | None) -> str | None:
     if not name:
         return None
@@ -91,12 +124,12 @@ def check_callback_url(url: str | None) -> str | None:
     return checked.url if checked else None
 
 
-def batch_members(data: bytes, filename: str | None,
-                  settings: Settings) -> list[tuple[bytes, str | None]]:
-    """A ZIP (by magic bytes) becomes its member files; anything else is itself."""
+def batch_members(data: bytes, filename: str | None, settings: Settings) -> list[archive.Member]:
+    """A ZIP (by magic bytes) becomes its member files (each with its own error, if it could
+    not be read); anything else is itself."""
     if not archive.is_zip(data):
-        return [(data, filename)]
-    return [(m.data, m.name) for m in archive.expand_zip(data, settings)]
+        return [archive.Member(name=filename or "", data=data)]
+    return archive.expand_zip(data, settings)
 
 
 def add_scan(session: AsyncSession, tenant_id: str, upload: AcceptedUpload, *,
@@ -126,10 +159,29 @@ def producer() -> Any:
     return make_producer(get_settings())
 
 
+# kombu's SQLAlchemy transport on SQLite (the embedded broker) has one writer too: the API's
+# sends go one at a time rather than contending for the broker file's lock.
+_broker_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+    weakref.WeakKeyDictionary()
+
+
+def _broker_lock(settings: Settings) -> asyncio.Lock | None:
+    if not settings.broker_url.startswith("sqla+sqlite"):
+        return None
+    return _broker_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
 async def enqueue(scan_ids: list[str], settings: Settings) -> bool:
     """Send the tasks (after commit). A failure is logged, not raised: the scans are stored."""
+    lock = _broker_lock(settings)
     try:
-        await run_in_threadpool(enqueue_scans, producer(), scan_ids, settings.worker_batch_size)
+        if lock is None:
+            await run_in_threadpool(enqueue_scans, producer(), scan_ids,
+                                    settings.worker_batch_size)
+        else:
+            async with lock:
+                await run_in_threadpool(enqueue_scans, producer(), scan_ids,
+                                        settings.worker_batch_size)
     except Exception:
         log.exception("could not enqueue %d scans; they stay queued for the sweep", len(scan_ids))
         return False

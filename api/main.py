@@ -12,6 +12,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from starlette.formparsers import MultiPartParser
 
 from api.errors import install_error_handlers
+from api.guard import RequestGuard
 from api.routes import batches, events, health, me, media, reports, scans, web
 from shared.db.session import async_engine
 from shared.settings import get_settings
@@ -53,6 +54,8 @@ def create_app() -> FastAPI:
     logging.basicConfig(level=settings.log_level)
     app = FastAPI(title="NeuroScan API", version="1.0.0", description=DESCRIPTION,
                   lifespan=_lifespan)
+    # Innermost: key and body size are checked before any route or body parser runs.
+    app.add_middleware(RequestGuard)
     # JSON pages (history, batches) shrink a lot; SSE is left alone by Starlette's GZip.
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     if settings.cors_origins:

@@ -37,3 +37,16 @@ IMAGE_TOO_SMALL = "image_too_small"
 IMAGE_TOO_LARGE = "image_too_large"
 BAD_ASPECT_RATIO = "bad_aspect_ratio"
 NOT_BRAIN_MRI = "not_brain_mri"
+
+
+class ServiceBusy(NeuroScanError):
+    """The service is saturated (connection pool, SQLite's single writer): try again shortly.
+
+    Answered 503 with `Retry-After`; nothing was stored."""
+
+    code = "unavailable"
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 2):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

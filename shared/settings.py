@@ -30,6 +30,27 @@ class Settings(BaseSettings):
     queue_name: str = "neuroscan"
     var_dir: Path = Path("./var")
 
+    # --- database connections (one API process on two cores) --------------------------
+    # A request holds at most one pooled connection, for milliseconds at a time, so a small
+    # pool serves many clients; when it is exhausted a request waits at most
+    # `db_pool_timeout_s` and is then answered 503 with Retry-After (never 500, never 30 s).
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout_s: float = Field(default=3.0, gt=0)
+    # SQLite has one writer: the API queues its writes in process (at most `sqlite_write_queue`
+    # waiting, each for at most `sqlite_write_wait_s`, which also bounds waiting for a worker's
+    # lock) and answers 503 beyond that, instead of piling up behind lock timeouts.
+    sqlite_write_queue: int = Field(default=64, ge=1)
+    sqlite_write_wait_s: float = Field(default=5.0, gt=0)
+    # Seconds a client is told to wait (Retry-After) when the service is saturated.
+    overload_retry_after_s: int = Field(default=2, ge=1)
+    # The whole request body, chunked or not (a batch is many files; one scan is capped at
+    # `max_upload_bytes` plus multipart framing).
+    max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    # Pixels (width x height, read from the header before anything is decoded) an upload may
+    # have; the default allows every image `max_image_side` allows.
+    max_image_pixels: int = Field(default=8192 * 8192, ge=64 * 64)
+
     # --- storage ----------------------------------------------------------------------
     cloudinary_url: str | None = None
     cloudinary_cloud_name: str | None = None

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, update
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api import intake
 from api.deps import BatchDep, CurrentTenant, SessionDep, SettingsDep, UrlSigner
 from api.errors import error_response
-from shared.db.models import Batch, ScanResult
+from shared.db.models import ScanResult
 from shared.db.session import async_write_session
 from shared.errors import InputError
 from shared.schemas import (
@@ -38,17 +38,16 @@ async def create_batch(
     files: Annotated[list[UploadFile], File(description="PNG, JPEG or DICOM files")],
     callback_url: Annotated[str | None, Form(description="Webhook when the batch is done")] = None,
 ) -> BatchAccepted | JSONResponse:
-    """Accept the good files and report the bad ones per file. Files are read one at a time
-    from the request's spooled temporary files, so hundreds fit in one request."""
+    """Accept the good files and report the bad ones per file. Files are judged one at a time
+    from the request's spooled temporary files, with no database connection held; the good
+    ones are then written in one short transaction, so hundreds fit in one request."""
     if len(files) > settings.max_batch_files:
         raise InputError(f"{len(files)} files; a batch takes at most {settings.max_batch_files}.",
                          code="too_many_files", http_status=413)
     # The SSRF check resolves the host name: a blocking call, kept off the event loop.
     callback = await run_in_threadpool(intake.check_callback_url, callback_url)
     rejected: list[RejectedFile] = []
-    scan_ids: list[str] = []
-    async with async_write_session() as session:
-        batch = intake.new_batch(session, tenant.id, callback)
+    with intake.Staging() as staged:
         for upload in files:
             try:
                 data = await intake.read_limited(upload, settings.max_upload_bytes)
@@ -60,27 +59,35 @@ async def create_batch(
                 continue
             finally:
                 await upload.close()  # frees the spooled temporary file now, not at the end
-            for member, name in members:
+            for member in members:
+                name = member.name or None
+                if member.error is not None:
+                    rejected.append(RejectedFile(filename=name,
+                                                 error=ErrorBody(**member.error.as_dict())))
+                    continue
                 try:
                     accepted = await run_in_threadpool(
-                        intake.accept_upload, member, filename=name, frame=None,
+                        intake.accept_upload, member.data, filename=name, frame=None,
                         tenant_id=tenant.id, settings=settings)
                 except InputError as exc:
                     rejected.append(RejectedFile(filename=name, error=ErrorBody(**exc.as_dict())))
                     continue
-                scan = intake.add_scan(session, tenant.id, accepted, batch_id=batch.id,
-                                       callback_url=None)
-                scan_ids.append(scan.id)
-                # Write this file now and let go of its bytes: memory stays one file deep.
-                await session.flush()
-                session.expunge_all()
-        if not scan_ids:
-            await session.rollback()
+                staged.add(accepted)  # to disk: memory stays one file deep
+        if not len(staged):
             return error_response(
                 422, "no_acceptable_files", f"None of the {len(files)} files could be accepted.",
                 rejected=[r.model_dump() for r in rejected])
-        await session.execute(update(Batch).where(Batch.id == batch.id)
-                              .values(total=len(scan_ids)))
+        scan_ids: list[str] = []
+        async with async_write_session() as session:
+            batch = intake.new_batch(session, tenant.id, callback)
+            batch.total = len(staged)
+            for accepted in staged:
+                scan = intake.add_scan(session, tenant.id, accepted, batch_id=batch.id,
+                                       callback_url=None)
+                scan_ids.append(scan.id)
+                # Write this file now and let go of its bytes.
+                await session.flush()
+                session.expunge_all()
     await intake.enqueue(scan_ids, settings)
     return BatchAccepted(id=batch.id, status=JobState.QUEUED.value, scan_ids=scan_ids,
                          rejected=rejected, links=batch_links(batch.id))

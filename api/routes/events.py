@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from api.deps import BatchDep, ScanDep, SessionDep
 from shared.db.models import ScanEvent, ScanResult
-from shared.db.session import async_session_factory
+from shared.db.session import async_session_factory, release
 from shared.events import event_payload
 from shared.states import JobState
 
@@ -80,11 +80,6 @@ async def _follow(tenant_id: str, *, scan_id: str | None = None, batch_id: str |
             await asyncio.sleep(POLL_INTERVAL_S)
 
 
-async def _release(session: Any) -> None:
-    # The scan was found and authorised; do not hold a pooled connection for the stream.
-    await session.close()
-
-
 @router.get("/scans/{scan_id}/events", response_class=EventSourceResponse, responses=_DOC,
             summary="Follow one scan")
 async def scan_events(
@@ -95,7 +90,7 @@ async def scan_events(
 ) -> AsyncIterator[ServerSentEvent]:
     """Every state change of the scan (replayed from the start, or after `Last-Event-ID`),
     then live ones; the stream ends when the scan is final."""
-    await _release(session)
+    await release(session)  # found and authorised: no connection is held while streaming
     async for event in _follow(scan.tenant_id, scan_id=scan.id, expected=1,
                                after=_resume_point(last_event_id, after)):
         yield event
@@ -110,7 +105,7 @@ async def batch_events(
     after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Every state change of every scan in the batch; ends when all of them are final."""
-    await _release(session)
+    await release(session)  # found and authorised: no connection is held while streaming
     async for event in _follow(batch.tenant_id, batch_id=batch.id, expected=batch.total,
                                after=_resume_point(last_event_id, after)):
         yield event

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import BatchDep, ScanDep, SessionDep, StorageDep, UrlSigner
 from shared.db.models import ScanResult, ScanUpload
+from shared.db.session import release
 from shared.fhir import FHIR_MEDIA_TYPE, scan_to_fhir
 from shared.reports.card import read_model_card
 from shared.reports.pdf import render_batch_report, render_scan_report
@@ -35,7 +36,9 @@ def _pdf(data: bytes, name: str) -> Response:
 
 async def _original(session: SessionDep, storage: Storage, scan: ScanResult) -> bytes | None:
     """The worker's PNG rendition (DICOM: no re-decoding here), else the stored original
-    (already de-identified), else the accepted upload's bytes."""
+    (already de-identified), else the accepted upload's bytes. The session's connection is
+    given back before storage is read: storage and rendering need no database."""
+    await release(session)
     for ref in (scan.preview_ref, scan.image_ref):
         if ref:
             try:
@@ -43,6 +46,7 @@ async def _original(session: SessionDep, storage: Storage, scan: ScanResult) -> 
             except Exception:  # a report without the picture beats no report
                 pass
     upload = await session.scalar(select(ScanUpload.data).where(ScanUpload.scan_id == scan.id))
+    await release(session)
     return bytes(upload) if upload is not None else None
 
 
@@ -75,6 +79,7 @@ async def batch_report(batch: BatchDep, session: SessionDep, sign_url: UrlSigner
     scans = list(await session.scalars(select(ScanResult).where(
         ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id)
         .order_by(ScanResult.created_at, ScanResult.id)))
+    await release(session)
     if any(s.state in _NOT_FINAL for s in scans):
         raise HTTPException(409, detail={"code": "batch_not_finished",
                                          "message": "Some scans of the batch are still queued or "

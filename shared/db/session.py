@@ -5,10 +5,19 @@ run beside a writer, `busy_timeout` makes a writer wait for the lock instead of 
 write sessions begin with `BEGIN IMMEDIATE`, because a deferred transaction that read first
 cannot upgrade to a write lock once another process has committed (SQLITE_BUSY_SNAPSHOT,
 which no timeout retries). PostgreSQL needs none of this.
+
+The API's async engine is sized from the settings (`db_pool_size`, `db_max_overflow`,
+`db_pool_timeout_s`): every request holds at most one connection at a time, so a full pool
+means real saturation, and the wait for a connection is short and ends in a 503. On SQLite the
+API's writes also queue in process for the single writer (`async_write_session`): a bounded
+queue with a bounded wait, then `ServiceBusy` (503), rather than many connections spinning on
+the file lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
@@ -24,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.errors import ServiceBusy
 from shared.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -34,14 +44,14 @@ _ASYNCPG_SSL = {"disable": False, "allow": "prefer", "prefer": "prefer", "requir
                 "verify-ca": "verify-ca", "verify-full": "verify-full"}
 
 
-def _sqlite_events(sync_engine: Engine) -> None:
+def _sqlite_events(sync_engine: Engine, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the driver, so we can say BEGIN IMMEDIATE ourselves.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a lot faster than FULL
         cur.close()
@@ -71,13 +81,20 @@ def _split_postgres_options(url: URL, *, asyncio: bool) -> tuple[URL, dict[str, 
 
 
 def create_async_db_engine(url: str | None = None) -> AsyncEngine:
-    parsed = make_url(url or get_settings().async_database_url)
+    s = get_settings()
+    parsed = make_url(url or s.async_database_url)
+    pool = {"pool_size": s.db_pool_size, "max_overflow": s.db_max_overflow,
+            "pool_timeout": s.db_pool_timeout_s}
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        _sqlite_events(engine.sync_engine)
+        if parsed.database in (None, "", ":memory:"):
+            pool = {}  # one in-memory database per connection: SQLAlchemy picks its own pool
+        # The API waits for a worker's write lock no longer than for its own writer queue.
+        busy_ms = int(s.sqlite_write_wait_s * 1000)
+        engine = create_async_engine(parsed, connect_args={"timeout": busy_ms / 1000}, **pool)
+        _sqlite_events(engine.sync_engine, busy_timeout_ms=busy_ms)
         return engine
     parsed, connect_args = _split_postgres_options(parsed, asyncio=True)
-    return create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+    return create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True, **pool)
 
 
 def create_sync_db_engine(url: str | None = None, *, immediate: bool = True) -> Engine:
@@ -129,10 +146,70 @@ def sync_session(url: str | None = None) -> Iterator[Session]:
         yield session
 
 
+class _SQLiteWriterQueue:
+    """The API process's writers, one at a time, in arrival order, for a bounded time.
+
+    SQLite serialises writers anyway; doing it here keeps all but one of the API's writes
+    off the file lock (and out of the connection pool), refuses at once when `limit` are
+    already waiting, and turns a long wait into a 503 instead of a lock timeout."""
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+        self._limit = limit
+        self._wait_s = wait_s
+
+    @asynccontextmanager
+    async def turn(self, retry_after_s: int) -> AsyncIterator[None]:
+        if self._waiting >= self._limit:
+            raise ServiceBusy(f"{self._waiting} writes are already waiting for the database; "
+                              "try again shortly.", retry_after_s=retry_after_s)
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(self._lock.acquire(), self._wait_s)
+        except TimeoutError:
+            raise ServiceBusy("The database is busy; try again shortly.",
+                              retry_after_s=retry_after_s) from None
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
+# One queue per event loop and database: asyncio locks belong to the loop that made them.
+_writer_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                          dict[str, _SQLiteWriterQueue]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _writer_queue(url: str) -> _SQLiteWriterQueue:
+    s = get_settings()
+    per_loop = _writer_queues.setdefault(asyncio.get_running_loop(), {})
+    if url not in per_loop:
+        per_loop[url] = _SQLiteWriterQueue(s.sqlite_write_queue, s.sqlite_write_wait_s)
+    return per_loop[url]
+
+
 @asynccontextmanager
 async def async_write_session(url: str | None = None) -> AsyncIterator[AsyncSession]:
-    async with async_write_session_factory(url).begin() as session:
+    """A write transaction: commits when the block ends, rolls back on error. On SQLite it
+    first takes its turn in the process's writer queue (ServiceBusy when that is full)."""
+    factory = async_write_session_factory(url)
+    if async_engine(url).dialect.name != "sqlite":
+        async with factory.begin() as session:
+            yield session
+        return
+    queue = _writer_queue(url or get_settings().async_database_url)
+    async with queue.turn(get_settings().overload_retry_after_s), factory.begin() as session:
         yield session
+
+
+async def release(session: AsyncSession) -> None:
+    """Give a request's session's connection back to the pool now (its loaded objects stay
+    readable), before slow work that needs no database: rendering, streaming, uploads."""
+    await session.close()
 
 
 def forget_engines() -> None:
@@ -140,3 +217,4 @@ def forget_engines() -> None:
     for cached in (async_session_factory, async_write_session_factory, sync_session_factory,
                    async_engine, sync_engine):
         cached.cache_clear()
+    _writer_queues.clear()
