@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -30,10 +31,12 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Member:
-    """One file from the archive: its base name (client text) and its bytes."""
+    """One file from the archive: its base name (client text) and its bytes, or why it could
+    not be read (a corrupt member is refused alone; its archive-mates are still accepted)."""
 
     name: str
     data: bytes
+    error: InputError | None = None
 
 
 def is_zip(data: bytes) -> bool:
@@ -48,7 +51,8 @@ def expand_zip(data: bytes, settings: Settings | None = None, *,
     limit_files = max_files if max_files is not None else s.max_batch_files
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError,
+            UnicodeDecodeError) as exc:
         raise InputError("The ZIP archive could not be read.", code=ARCHIVE_INVALID) from exc
     with archive:
         infos = [i for i in archive.infolist() if not _skipped(i)]
@@ -63,11 +67,20 @@ def expand_zip(data: bytes, settings: Settings | None = None, *,
         members: list[Member] = []
         budget = s.max_archive_bytes
         for info in infos:
-            payload = _read_bounded(archive, info, budget, s)
+            name = PurePosixPath(info.filename).name
+            try:
+                payload = _read_bounded(archive, info, budget, s)
+            except InputError as exc:
+                if exc.code == ARCHIVE_TOO_LARGE:
+                    raise  # the archive as a whole is over budget
+                members.append(Member(name=name, data=b"", error=exc))
+                continue
             budget -= len(payload)
-            members.append(Member(name=PurePosixPath(info.filename).name, data=payload))
+            members.append(Member(name=name, data=payload))
     if not members:
         raise InputError("The archive holds no files.", code=ARCHIVE_EMPTY)
+    if all(m.error is not None for m in members):
+        raise members[0].error  # nothing readable: the archive itself is refused
     return members
 
 
@@ -101,9 +114,10 @@ def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int,
                 out += chunk
                 if len(out) > budget:
                     raise InputError(_too_large(s), code=ARCHIVE_TOO_LARGE, http_status=413)
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-        raise InputError("A member of the ZIP archive could not be read.",
-                         code=ARCHIVE_INVALID) from exc
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError,
+            RuntimeError) as exc:  # zlib/bz2/lzma errors escape zipfile unwrapped
+        raise InputError("This member of the ZIP archive could not be read (corrupt or "
+                         "unsupported compression).", code=ARCHIVE_INVALID) from exc
     return bytes(out)
 
 

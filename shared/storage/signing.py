@@ -19,7 +19,9 @@ def expiry(ttl_s: int, now: float | None = None) -> int:
 def verify(path: str, expires: int, signature: str, secret_key: str,
            now: float | None = None) -> str | None:
     """None when the link is good; otherwise the reason (`invalid_signature`, `link_expired`)."""
-    if not hmac.compare_digest(sign(path, expires, secret_key), signature):
+    # compare_digest takes str of ASCII only; a client's signature may be anything.
+    if not hmac.compare_digest(sign(path, expires, secret_key).encode(),
+                               signature.encode("utf-8", "surrogateescape")):
         return "invalid_signature"
     if expires < (now if now is not None else time.time()):
         return "link_expired"
