@@ -12,6 +12,9 @@ Applied to the whole dataset, nested sequences included:
   Dates); times of day are kept;
 - UIDs (UI) other than DICOM's own registry UIDs are re-mapped to `2.25.<128-bit integer>`
   from an HMAC, so the same UID always maps to the same new one within a tenant;
+- study, series and protocol descriptions keep only their body-part words (Clean Descriptors
+  Option, `shared.anatomy.clean_descriptor`: every kept word is from our vocabulary), so the
+  input gate reads the same header evidence after de-identification as before;
 - PatientID and PatientName become the pseudonym `patient_ref`; PatientIdentityRemoved=YES,
   DeidentificationMethod(+CodeSequence) record what was done; the 128-byte preamble is zeroed.
 
@@ -30,6 +33,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.anatomy import DESCRIPTORS, clean_descriptor
 from shared.dicom import check_dataset, read_dataset
 from shared.settings import Settings, get_settings
 
@@ -134,9 +138,13 @@ def deidentify(data: bytes, tenant_id: str, settings: Settings | None = None) ->
 
     if "SOPInstanceUID" not in ds:  # needed for the file meta; derive one that is stable
         ds.SOPInstanceUID = ctx.uid("sop:" + hashlib.sha256(data).hexdigest())
+    descriptors = {kw: clean_descriptor(ds.get(kw)) for kw in DESCRIPTORS}
     _clean(ds, ctx)
+    kept = {kw: value for kw, value in descriptors.items() if value}
+    for kw, value in kept.items():
+        setattr(ds, kw, value)
     ds.PatientID = ds.PatientName = patient_ref
-    _mark(ds)
+    _mark(ds, cleaned_descriptors=bool(kept))
     _rebuild_meta(ds)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -202,17 +210,21 @@ def _shift_dt(value: str, ctx: _Context) -> str:
     return date + text[8:] if date else ""
 
 
-def _mark(ds: Any) -> None:
+def _mark(ds: Any, *, cleaned_descriptors: bool = False) -> None:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
-    ds.DeidentificationMethod = ["PS3.15 E Basic Profile", "Modified Dates Option",
-                                 "NeuroScan deid v1"]
+    methods = ["PS3.15 E Basic Profile", "Modified Dates Option", "NeuroScan deid v1"]
+    options = [("113100", "Basic Application Confidentiality Profile"),
+               ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")]
+    if cleaned_descriptors:
+        methods.insert(2, "Clean Descriptors Option (body-part words only)")
+        options.append(("113105", "Clean Descriptors Option"))
+    ds.DeidentificationMethod = methods
     codes = []
-    for value, meaning in (("113100", "Basic Application Confidentiality Profile"),
-                           ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")):
+    for value, meaning in options:
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
         codes.append(item)

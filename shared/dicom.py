@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shared import errors
+from shared.anatomy import header_evidence
 from shared.errors import InputError
 from shared.imaging import DecodedImage
 from shared.settings import Settings, get_settings
@@ -111,7 +112,8 @@ def decode_dicom(data: bytes, *, frame: int | None = None,
             pixels = 1.0 - pixels
     meta = {"modality": str(getattr(ds, "Modality", "")), "transfer_syntax": syntax,
             "frames": n_frames, "frame": index, "photometric": photometric,
-            "bits_stored": int(getattr(ds, "BitsStored", 0) or 0), "windowed": windowed}
+            "bits_stored": int(getattr(ds, "BitsStored", 0) or 0), "windowed": windowed,
+            "anatomy": header_evidence(ds).to_dict()}  # read by the input gate
     return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32),
                         format="dicom", meta=meta)
 

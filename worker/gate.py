@@ -7,7 +7,11 @@ and uses image statistics only; each rule below names what it catches, and each 
 sits beyond the extremes measured on 12,000 synthetic MRI slices of every contrast, plane
 and framing (see `research/ood.py` for the catch rate and docs/model.md for the numbers).
 
-Rules, in order (the first that fires gives the reason):
+First the DICOM header (`shared.anatomy`): a file whose header names another body part
+(BodyPartExamined=ABDOMEN, a SHOULDER study...) and nowhere the head is rejected with the
+field and the term it said; an empty or unrecognised header is no evidence either way.
+
+Then the image rules, in order (the first that fires gives the reason):
 1. aspect ratio above 2:1 — slices are close to square;
 2. colour — more than 5% of pixels clearly chromatic (MRI is grayscale; a small coloured
    annotation is tolerated);
@@ -53,10 +57,14 @@ class GateOutcome:
     code: GateCode
     reason: str
     scores: dict[str, float] = field(default_factory=dict)
+    header: dict[str, str | None] | None = None  # DICOM body-part evidence, when there was any
 
     def to_dict(self) -> dict[str, object]:
-        return {"accepted": self.accepted, "code": self.code, "reason": self.reason,
-                "scores": dict(self.scores)}
+        out: dict[str, object] = {"accepted": self.accepted, "code": self.code,
+                                  "reason": self.reason, "scores": dict(self.scores)}
+        if self.header is not None:
+            out["header"] = dict(self.header)
+        return out
 
 
 def _downsample(img: np.ndarray) -> np.ndarray:
@@ -93,6 +101,10 @@ def image_statistics(decoded: DecodedImage) -> dict[str, float]:
 def assess(decoded: DecodedImage) -> GateOutcome:
     """Accept, or reject as `not_brain_mri` with the first rule that fires (module docstring)."""
     s = image_statistics(decoded)
+    header = decoded.meta.get("anatomy") or {}
+    if header.get("verdict") == "not_brain":
+        return GateOutcome(False, "not_brain_mri",
+                           f"{header['reason']}: not a brain MRI.", s, header=dict(header))
     rules = [
         (s["aspect_ratio"] > MAX_ASPECT,
          f"The image is {s['aspect_ratio']:.1f} times longer than wide; MRI slices are close to square."),
@@ -110,7 +122,8 @@ def assess(decoded: DecodedImage) -> GateOutcome:
         (s["saturated"] > CT_MIN_SATURATED and s["dominant_level"] > CT_MIN_DOMINANT_LEVEL,
          "The image looks like a CT slice (saturated bone, flat soft tissue), not an MRI."),
     ]
+    evidence = dict(header) if header else None
     for fired, reason in rules:
         if fired:
-            return GateOutcome(False, "not_brain_mri", reason, s)
-    return GateOutcome(True, "ok", "Plausible grayscale MRI slice.", s)
+            return GateOutcome(False, "not_brain_mri", reason, s, header=evidence)
+    return GateOutcome(True, "ok", "Plausible grayscale MRI slice.", s, header=evidence)
