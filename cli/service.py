@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -132,9 +133,9 @@ def serve(
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception (from
     # before the worker exists) so that the worker is always stopped, never orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    worker_proc: subprocess.Popen[bytes] | None = None
+    worker = _SupervisedWorker()
     try:
-        worker_proc = subprocess.Popen(_worker_argv("solo", 1))
+        worker.start()
         url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
         typer.secho(f"\nNeuroScan is running at {url}  (web page: {url}/app, API docs: {url}/docs)",
                     fg="green", bold=True)
@@ -144,12 +145,49 @@ def serve(
     except SystemExit:
         pass
     finally:
-        if worker_proc is not None:
-            worker_proc.send_signal(signal.SIGTERM)
-            try:
-                worker_proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
+        worker.stop()
+
+
+class _SupervisedWorker:
+    """The embedded worker, started again when it dies (an input that crashes a decoder, the
+    OOM killer), as compose's `restart:` does; the reconciler then takes back its scans."""
+
+    RESTART_DELAY_S = 2.0
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(_worker_argv("solo", 1))
+        threading.Thread(target=self._watch, name="worker-supervisor", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                proc = self._proc
+            assert proc is not None
+            code = proc.wait()
+            if self._stopping.wait(self.RESTART_DELAY_S):
+                return
+            typer.secho(f"worker exited with {code}; starting it again", fg="yellow", err=True)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._proc = subprocess.Popen(_worker_argv("solo", 1))
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            proc = self._proc
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -157,15 +195,17 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def requeue(
-    older_than_s: Annotated[float, typer.Option(help="Queued at least this long.")] = 60.0,
+    older_than_s: Annotated[float, typer.Option(help="Last sent at least this long ago.")] = 60.0,
 ) -> None:
-    """Re-enqueue scans that are still queued (e.g. the broker was down when they arrived)."""
+    """One reconciler pass now (every worker runs one on its own, every RECONCILE_INTERVAL_S):
+    re-send unclaimed scans last sent OLDER_THAN_S ago, take back expired leases."""
     from shared.queue import enqueue_scans, make_producer
     from shared.settings import get_settings
-    from worker.pipeline import stale_scan_ids
+    from worker.reconciler import reconcile_once
 
     s = get_settings()
-    ids = stale_scan_ids(older_than_s, s.broker_visibility_timeout_s)
-    if ids:
-        enqueue_scans(make_producer(s), ids, s.worker_batch_size)
-    typer.echo(f"re-enqueued {len(ids)} scans")
+    producer = make_producer(s)
+    report = reconcile_once(lambda ids, size: enqueue_scans(producer, ids, size), s,
+                            age_s=older_than_s)
+    typer.echo(f"re-enqueued {len(report.resent) + len(report.retried_alone)} scans"
+               + (f"; {len(report.poisoned)} failed as poison_input" if report.poisoned else ""))

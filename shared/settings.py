@@ -89,6 +89,23 @@ class Settings(BaseSettings):
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
     task_max_retries: int = Field(default=5, ge=0)
+    # Reliability: the database is the source of truth, the queue only a trigger (README,
+    # "Guarantees"). The order that makes it work, checked below:
+    #   heartbeat (lease/3) < SCAN_LEASE_S < RECONCILE_AGE_S
+    #   TASK_TIME_LIMIT_S + SCAN_LEASE_S + RECONCILE_AGE_S < BROKER_VISIBILITY_TIMEOUT_S
+    # A worker holds the scans it claimed with a lease that its heartbeat renews; a dead
+    # worker's lease runs out within SCAN_LEASE_S and the next reconciler pass takes them back.
+    scan_lease_s: float = Field(default=30.0, ge=1.0)
+    # The longest one task may hold its scans: the heartbeat stops renewing after this, so a
+    # hung task loses them too (Celery's own time limits do not apply to the solo pool).
+    task_time_limit_s: float = Field(default=600.0, ge=1.0)
+    # Every worker runs a reconciler this often; it re-sends queued scans whose message may
+    # be lost (queued, or last sent, longer than RECONCILE_AGE_S ago) and expired leases.
+    reconcile_interval_s: float = Field(default=15.0, ge=0.5)
+    reconcile_age_s: float = Field(default=60.0, ge=1.0)
+    # A scan whose worker was lost this many times (an input that crashes a decoder, say)
+    # ends failed with `poison_input` instead of killing workers for ever.
+    scan_max_lost_leases: int = Field(default=3, ge=1)
     # With the Redis broker an unacknowledged (acks_late) task is redelivered after this.
     broker_visibility_timeout_s: int = Field(default=3600, ge=60)
 
@@ -108,6 +125,18 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets_in_production(self) -> Settings:
         if self.environment == "production" and self.secret_key in _PLACEHOLDER_SECRETS:
             raise ValueError("SECRET_KEY must be set to a real secret when ENVIRONMENT=production")
+        return self
+
+    @model_validator(mode="after")
+    def _check_timeout_order(self) -> Settings:
+        if not self.scan_lease_s < self.reconcile_age_s:
+            raise ValueError("SCAN_LEASE_S must be below RECONCILE_AGE_S")
+        if not self.reconcile_interval_s <= self.reconcile_age_s:
+            raise ValueError("RECONCILE_INTERVAL_S must not exceed RECONCILE_AGE_S")
+        if not (self.task_time_limit_s + self.scan_lease_s + self.reconcile_age_s
+                < self.broker_visibility_timeout_s):
+            raise ValueError("BROKER_VISIBILITY_TIMEOUT_S must exceed TASK_TIME_LIMIT_S + "
+                             "SCAN_LEASE_S + RECONCILE_AGE_S (Redis must never redeliver a live task)")
         return self
 
     # --- derived values -----------------------------------------------------------------

@@ -1,9 +1,12 @@
 """The scan pipeline as plain functions: claim, decode, analyse, store, finish.
 
 A task calls `process_scans` with IDs only; everything else is re-read from the database.
-Every step is safe to repeat: claiming skips scans that are already final, asset names are
-deterministic (scan id + suffix) and overwrite, and `finish` writes a result only to a scan
-that is not final yet, in the same transaction as its `scan_events` row.
+Every step is safe to repeat: claiming skips scans that are already final or leased by a
+live worker, asset names are deterministic (scan id + suffix) and overwrite, and `finish`
+writes a result only to a scan that is not final yet, in the same transaction as its
+`scan_events` row. A claimed scan carries a lease that a heartbeat renews while the task
+runs (`worker/leases.py`); the reconciler (`worker/reconciler.py`) takes back the scans of
+a worker whose lease ran out.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared.db.models import Batch, ScanResult, ScanUpload, utcnow
+from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
 from shared.db.session import sync_session
 from shared.errors import InputError
 from shared.events import transition
@@ -27,6 +31,7 @@ from shared.imaging import DecodedImage, decode_image, to_png_bytes
 from shared.settings import get_settings
 from shared.states import JobState
 from shared.storage import Storage, get_storage
+from worker.leases import Heartbeat, release
 
 if TYPE_CHECKING:
     from worker.inference import Analysis
@@ -76,12 +81,20 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def claim(session: Session, scan_ids: Sequence[str]) -> list[Claimed]:
-    """queued/processing -> processing (attempts + 1) for scans not final yet; others skipped."""
+def claim(session: Session, scan_ids: Sequence[str], owner: str | None = None,
+          lease_s: float | None = None) -> list[Claimed]:
+    """queued/processing -> processing (attempts + 1), leased to `owner`, for scans not final
+    and not leased by another live task; others skipped."""
+    owner = owner or new_id()
+    now = utcnow()
+    expires = now + timedelta(seconds=lease_s or get_settings().scan_lease_s)
     # Rows are always locked in id order (here, in finish, in fail_unfinished): no deadlocks.
-    rows = session.scalars(select(ScanResult).where(
+    rows = [row for row in session.scalars(select(ScanResult).where(
         ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL)
     ).order_by(ScanResult.id).with_for_update()).all()
+        # A duplicate message must not run a scan another worker is still working on.
+        if row.lease_owner in (None, owner) or row.lease_expires_at is None
+        or row.lease_expires_at <= now]
     if not rows:
         return []
     uploads = {u.scan_id: u for u in session.scalars(
@@ -89,10 +102,11 @@ def claim(session: Session, scan_ids: Sequence[str]) -> list[Claimed]:
     claimed = []
     for row in rows:
         row.attempts += 1
+        row.lease_owner, row.lease_expires_at = owner, expires
         transition(session, row, JobState.PROCESSING)
         upload = uploads.get(row.id)
         if upload is None:  # cannot happen through the API; say so rather than retry forever
-            _fail_row(session, row, "upload_missing", "The uploaded file is no longer stored.")
+            fail_row(session, row, "upload_missing", "The uploaded file is no longer stored.")
             continue
         claimed.append(Claimed(row.id, row.format, row.frame, upload.data, upload.media_type,
                                row.created_at))
@@ -172,12 +186,14 @@ def finish(session: Session, outcomes: Sequence[Outcome]) -> list[ScanResult]:
         timings["queue_s"] = round(((row.started_at or now) - row.created_at).total_seconds(), 3)
         timings["total_s"] = round((now - row.created_at).total_seconds(), 3)
         row.timings = timings
+        row.lease_owner = row.lease_expires_at = None
         transition(session, row, outcome.state, at=now)
     return list(rows)
 
 
-def _fail_row(session: Session, row: ScanResult, code: str, message: str) -> None:
+def fail_row(session: Session, row: ScanResult, code: str, message: str) -> None:
     row.error_code, row.error_message = code, message
+    row.lease_owner = row.lease_expires_at = None
     transition(session, row, JobState.FAILED)
 
 
@@ -189,13 +205,13 @@ def fail_unfinished(scan_ids: Sequence[str], code: str, message: str,
             ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL))
             .order_by(ScanResult.id).with_for_update()).all()
         for row in rows:
-            _fail_row(session, row, code, message)
+            fail_row(session, row, code, message)
         done = [(r.id, r.callback_url, r.batch_id) for r in rows]
-    _announce(done, notify)
+    announce(done, notify)
     return [scan_id for scan_id, _, _ in done]
 
 
-def _announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify | None) -> None:
+def announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify | None) -> None:
     """After commit: scan webhooks, and batch completion (decided once, by a conditional UPDATE)."""
     for scan_id, callback_url, _ in done:
         if callback_url and notify:
@@ -214,28 +230,46 @@ def _announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify
 
 
 def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
-                  storage: Storage | None = None) -> list[str]:
-    """The whole pipeline for one task; returns the IDs of the scans it finished."""
+                  storage: Storage | None = None, owner: str | None = None) -> list[str]:
+    """The whole pipeline for one task; returns the IDs of the scans it finished.
+
+    `owner` names the task holding the leases (a Celery retry keeps its task id)."""
+    s = get_settings()
+    owner = owner or new_id()
+    started = time.monotonic()
     with sync_session() as session:
-        claimed = claim(session, scan_ids)
+        claimed = claim(session, scan_ids, owner, s.scan_lease_s)
     if not claimed:
         return []
-    outcomes = analyse_and_store(claimed, get_model(), storage or get_storage())
-    with sync_session() as session:
-        rows = finish(session, outcomes)
-        done = [(r.id, r.callback_url, r.batch_id) for r in rows]
-    _announce(done, notify)
+    ids = [item.scan_id for item in claimed]
+    with Heartbeat(ids, owner, s.scan_lease_s, s.task_time_limit_s):
+        try:
+            outcomes = analyse_and_store(claimed, get_model(), storage or get_storage())
+            done = _write_results(outcomes, deadline=started + s.task_time_limit_s)
+        except BaseException:
+            # Not ours any more: a retry or the reconciler takes them (if the database is
+            # what failed, this fails too and the lease simply runs out).
+            release(ids, owner)
+            raise
+    announce(done, notify)
     return [scan_id for scan_id, _, _ in done]
 
 
-def stale_scan_ids(older_than_s: float, processing_after_s: float) -> list[str]:
-    """Scans that may have lost their message: queued for long, or processing past the
-    broker's redelivery window (their worker died and nothing redelivered them)."""
-    now = utcnow()
-    with sync_session() as session:
-        return list(session.scalars(select(ScanResult.id).where(
-            ((ScanResult.state == JobState.QUEUED.value)
-             & (ScanResult.created_at < now - timedelta(seconds=older_than_s)))
-            | ((ScanResult.state == JobState.PROCESSING.value)
-               & (ScanResult.started_at < now - timedelta(seconds=processing_after_s))))
-            .order_by(ScanResult.created_at)))
+def _write_results(outcomes: Sequence[Outcome],
+                   deadline: float) -> list[tuple[str, str | None, str | None]]:
+    """`finish` in its own transaction, retried while the database is unreachable (until
+    `deadline`, monotonic): the model pass is the costly part, so a result already computed
+    is held and written when the database answers again, not computed a second time."""
+    delay = 0.5
+    while True:
+        try:
+            with sync_session() as session:
+                rows = finish(session, outcomes)
+                return [(r.id, r.callback_url, r.batch_id) for r in rows]
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable writing %d results (%s); retrying in %.1fs",
+                        len(outcomes), type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

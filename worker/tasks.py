@@ -3,6 +3,9 @@
 Batching: the API sends one task per single upload and tasks of up to WORKER_BATCH_SIZE scan
 IDs for a batch upload, so one model pass serves many scans while a single scan never waits
 for others to arrive. With prefetch 1 and late acks, each worker holds one batch at a time.
+
+The queue is only a trigger: a scan whose message is lost, or whose worker died, is found
+in the database and sent again by the reconciler every worker runs (`worker/reconciler.py`).
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ from typing import Any
 from celery import Task, signals
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.queue import DELIVER_WEBHOOK, PROCESS_SCANS, enqueue_scans
+from shared.queue import DELIVER_WEBHOOK, PROCESS_SCANS, enqueue_scans, make_producer
 from shared.settings import get_settings
 from shared.storage import StorageError
 from worker import pipeline
 from worker.celery_app import app
+from worker.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
 # Worth another try: the storage service or the database was unreachable or busy.
-TRANSIENT_ERRORS = (StorageError, OperationalError, InterfaceError)
-# Scans still queued this long at worker start may have lost their message.
-STALE_QUEUED_S = 600
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+TRANSIENT_ERRORS = (StorageError, *DATABASE_ERRORS)
+
+_reconciler: Reconciler | None = None
 
 
 def _notify(target_id: str, kind: str) -> None:
@@ -34,36 +39,52 @@ def _notify(target_id: str, kind: str) -> None:
 class _ScanTask(Task):
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
-        """Out of retries, or a bug: the scans get a clear `failed`, never stay processing."""
-        scan_ids = args[0] if args else kwargs.get("scan_ids", [])
+        """Out of retries, or a bug. Never leaves a scan lost: the database still has it."""
+        scan_ids = list(args[0] if args else kwargs.get("scan_ids", []))
+        if isinstance(exc, DATABASE_ERRORS):
+            # Nothing can be written now; the scans are queued or their lease runs out, and
+            # the reconciler sends them again once the database answers.
+            log.error("database unreachable for scans %s; left to the reconciler", scan_ids)
+            return
+        if not isinstance(exc, TRANSIENT_ERRORS) and len(scan_ids) > 1:
+            # One bad input must not sink its batch-mates: each runs alone, where only the
+            # scan that raises again fails.
+            log.error("batch of %d failed (%s: %s); retrying each scan alone", len(scan_ids),
+                      type(exc).__name__, exc)
+            try:
+                enqueue_scans(app, scan_ids, 1)
+                return
+            except Exception:  # the broker too: the reconciler re-sends them (lease released)
+                log.exception("could not re-send scans %s", scan_ids)
+                return
         transient = isinstance(exc, TRANSIENT_ERRORS)
         code = "processing_error" if transient else "internal_error"
         message = (f"Processing failed after {self.request.retries} retries: {exc}"
                    if transient else f"Processing failed: {type(exc).__name__}: {exc}")
         try:
             pipeline.fail_unfinished(scan_ids, code, message, notify=_notify)
-        except Exception:  # the database may be what failed; the sweep will find them
+        except Exception:  # the database may be what failed; the reconciler will find them
             log.exception("could not mark scans %s failed", scan_ids)
 
 
-@app.task(name=PROCESS_SCANS, base=_ScanTask, autoretry_for=TRANSIENT_ERRORS,
+@app.task(name=PROCESS_SCANS, base=_ScanTask, bind=True, autoretry_for=TRANSIENT_ERRORS,
           retry_backoff=2, retry_backoff_max=300, retry_jitter=True,
           max_retries=get_settings().task_max_retries)
-def process_scans(scan_ids: list[str]) -> int:
+def process_scans(self: Task, scan_ids: list[str]) -> int:
     """Classify and explain these scans (one batched model pass); returns how many finished."""
-    return len(pipeline.process_scans(scan_ids, notify=_notify))
+    return len(pipeline.process_scans(scan_ids, notify=_notify, owner=self.request.id))
 
 
 @signals.worker_ready.connect
-def _requeue_stale(**_kwargs: Any) -> None:
-    """At worker start, resend scans whose message may be lost (e.g. the broker was down
-    when the API committed them). A duplicate is harmless: claiming skips final scans."""
-    s = get_settings()
-    try:
-        stale = pipeline.stale_scan_ids(STALE_QUEUED_S, s.broker_visibility_timeout_s)
-    except Exception:
-        log.exception("stale-scan sweep failed")
-        return
-    if stale:
-        log.warning("re-enqueueing %d stale scans", len(stale))
-        enqueue_scans(app, stale, s.worker_batch_size)
+def _start_reconciler(**_kwargs: Any) -> None:
+    """Every worker reconciles (see worker/reconciler.py): no extra process to deploy."""
+    global _reconciler
+    if _reconciler is None:
+        _reconciler = Reconciler(make_producer(get_settings()), notify=_notify)
+        _reconciler.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_reconciler(**_kwargs: Any) -> None:
+    if _reconciler is not None:
+        _reconciler.stop()

@@ -107,6 +107,7 @@ class ScanResult(Base):
     __table_args__ = (
         Index("ix_scan_results_tenant_created", "tenant_id", "created_at"),
         Index("ix_scan_results_state_created", "state", "created_at"),
+        Index("ix_scan_results_state_lease", "state", "lease_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -123,6 +124,15 @@ class ScanResult(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(default=0)
+    # The worker task holding a `processing` scan, until when (its heartbeat renews it);
+    # both None when no worker holds it. See worker/reconciler.py.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Times a worker's lease on this scan ran out before the scan was final (the worker died,
+    # hung or lost the database): poison_input at SCAN_MAX_LOST_LEASES.
+    lost_leases: Mapped[int] = mapped_column(default=0, server_default="0")
+    # When the reconciler last sent a task for this scan (None: only the API's own send).
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     label: Mapped[str | None] = mapped_column(String(32), default=None)
     confidence: Mapped[float | None] = mapped_column(Float, default=None)
     probabilities: Mapped[dict[str, Any] | None] = mapped_column(default=None)

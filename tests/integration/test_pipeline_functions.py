@@ -1,5 +1,5 @@
 """The pipeline's plain functions in this process, with real tiny weights, SQLite and disk:
-retry semantics, permanent failures, giving up, batch completion, the stale-scan sweep."""
+retry semantics, permanent failures, giving up, batch completion, leases and the reconciler."""
 
 from __future__ import annotations
 
@@ -141,12 +141,93 @@ def test_single_scan_with_callback_is_announced(env: Path, tenant_id: str) -> No
     assert calls == [(scan_id, "scan")]
 
 
-def test_stale_sweep_finds_long_queued_scans(env: Path, tenant_id: str) -> None:
+class _Sent(list[tuple[list[str], int]]):
+    """The reconciler's `send`, recording (scan ids, batch size); the live-stack fault tests
+    (tests/integration/test_faults.py) run it against a real broker."""
+
+    def __call__(self, ids: list[str], size: int) -> None:
+        self.append((list(ids), size))
+
+
+def test_reconciler_resends_long_queued_scans_once_per_period(env: Path, tenant_id: str) -> None:
+    from worker.reconciler import reconcile_once
+
+    (a, b), _ = _queue(tenant_id, brain_png(7), brain_png(8))
+    sent = _Sent()
+    report = reconcile_once(sent, age_s=0)
+    assert {a, b} <= set(report.resent) and report.poisoned == report.retried_alone == []
+    assert all(size == get_settings().worker_batch_size for _, size in sent)
+    again = _Sent()
+    assert not {a, b} & set(reconcile_once(again).resent)  # sent moments ago: not again yet
+    assert _scan(a).enqueued_at is not None and _scan(a).state == "queued"
+
+
+def test_claim_skips_scans_another_live_worker_holds(env: Path, tenant_id: str) -> None:
     from worker import pipeline
 
-    (scan_id,), _ = _queue(tenant_id, brain_png(7))
-    assert scan_id in pipeline.stale_scan_ids(0, 3600)
-    assert scan_id not in pipeline.stale_scan_ids(3600, 3600)
+    (scan_id,), _ = _queue(tenant_id, brain_png(9))
+    with sync_session() as session:
+        assert [c.scan_id for c in pipeline.claim(session, [scan_id], "worker-a", 30)] == [scan_id]
+    with sync_session() as session:
+        assert pipeline.claim(session, [scan_id], "worker-b", 30) == []
+    assert pipeline.process_scans([scan_id], owner="worker-b") == []
+    # The same task again (a Celery retry keeps its id) may take it.
+    assert pipeline.process_scans([scan_id], owner="worker-a") == [scan_id]
+    row = _scan(scan_id)
+    assert (row.state, row.lease_owner, row.lease_expires_at) == ("succeeded", None, None)
+
+
+def test_expired_leases_run_alone_and_a_poison_input_fails_alone(env: Path,
+                                                                   tenant_id: str) -> None:
+    from datetime import timedelta
+
+    from shared.db.models import utcnow
+    from worker import pipeline
+    from worker.reconciler import reconcile_once
+
+    limit = get_settings().scan_max_lost_leases
+    (good, poison, other), _ = _queue(tenant_id, brain_png(10), brain_png(11), brain_png(12))
+    with sync_session() as session:  # a worker claims the three, then dies
+        pipeline.claim(session, [good, poison, other], "dead-1", 5)
+    later = utcnow() + timedelta(seconds=10)
+    sent = _Sent()
+    report = reconcile_once(sent, now=later, age_s=3600)
+    assert sorted(report.retried_alone) == sorted([good, poison, other])
+    assert [(sorted(ids), size) for ids, size in sent] == [(sorted([good, poison, other]), 1)]
+    assert pipeline.process_scans([good]) == [good]  # run alone: fine
+    assert pipeline.process_scans([other]) == [other]
+    for n in range(2, limit + 1):  # the poison input kills every worker that takes it
+        with sync_session() as session:
+            assert [c.scan_id for c in pipeline.claim(session, [poison], f"dead-{n}", 5)] == [poison]
+        later += timedelta(seconds=10)
+        report = reconcile_once(_Sent(), now=later, age_s=3600)
+        assert report.poisoned == ([poison] if n == limit else [])
+    row = _scan(poison)
+    assert (row.state, row.error_code, row.lost_leases) == ("failed", "poison_input", limit)
+    assert (row.attempts, row.lease_expires_at) == (limit, None)
+    assert _scan(good).state == _scan(other).state == "succeeded"
+    assert _states(poison) == ["queued", "processing", "failed"]
+
+
+def test_heartbeat_renews_and_release_gives_up_the_lease(env: Path, tenant_id: str) -> None:
+    import time
+
+    from worker import pipeline
+    from worker.leases import Heartbeat, release
+
+    (scan_id,), _ = _queue(tenant_id, brain_png(13))
+    with sync_session() as session:
+        pipeline.claim(session, [scan_id], "beating", 0.6)
+    first = _scan(scan_id).lease_expires_at
+    with Heartbeat([scan_id], "beating", 0.6, limit_s=60):
+        time.sleep(0.9)
+    assert _scan(scan_id).lease_expires_at > first
+    release([scan_id], "other-owner")  # not its lease: nothing changes
+    assert _scan(scan_id).lease_owner == "beating"
+    release([scan_id], "beating")
+    row = _scan(scan_id)
+    assert (row.state, row.lease_owner, row.lease_expires_at) == ("processing", None, None)
+    assert pipeline.process_scans([scan_id]) == [scan_id]
 
 
 def test_task_and_app_configuration(env: Path) -> None:

@@ -1,0 +1,158 @@
+"""The reconciler: the database is the source of truth, the queue only a trigger.
+
+Every worker process runs `Reconciler`, a thread that calls `reconcile_once` every
+RECONCILE_INTERVAL_S (and once at start). A pass:
+
+1. takes back `processing` scans whose lease ran out (their worker died, hung or lost the
+   database): counts the loss, and fails the scan with `poison_input` once it reaches
+   SCAN_MAX_LOST_LEASES, alone; otherwise re-sends it in a task of its own, so that an
+   input that kills its worker cannot take its batch-mates down with it again;
+2. re-sends scans that are accepted but not claimed (queued, or released by a failed task)
+   and were last sent more than RECONCILE_AGE_S ago: the broker was down when the API
+   committed them, or the message was lost.
+
+A thread in the worker rather than Celery beat: it needs no extra process in either
+deployment (`neuroscan serve`, compose), it runs wherever work can be done, and any number of
+workers may run it at once: rows are locked with SKIP LOCKED (SQLite serialises writers) and
+`enqueued_at` records each re-send, so two reconcilers never send the same scan twice in one
+period. A duplicate message is harmless anyway: claiming skips final and leased scans.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, func, or_, select
+
+from shared.db.models import ScanResult, utcnow
+from shared.db.session import sync_session
+from shared.queue import enqueue_scans
+from shared.settings import Settings, get_settings
+from shared.states import JobState
+from worker import pipeline
+
+log = logging.getLogger(__name__)
+
+# One pass touches at most this many scans of each kind; the next pass takes the rest.
+PASS_LIMIT = 1000
+POISON_MESSAGE = ("This scan stopped the worker processing it {n} times (an input that crashes "
+                  "a decoder, say); it was not retried again.")
+
+Send = Callable[[list[str], int], object]  # (scan ids, batch size): sends the tasks
+
+
+@dataclass
+class PassReport:
+    poisoned: list[str] = field(default_factory=list)
+    retried_alone: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.poisoned or self.retried_alone or self.resent)
+
+
+def reconcile_once(send: Send, settings: Settings | None = None, *,
+                   age_s: float | None = None, notify: pipeline.Notify | None = None,
+                   now: datetime | None = None) -> PassReport:
+    """One pass (see the module docstring). `send` raising leaves the rows as they were, so
+    the next pass tries again."""
+    s = settings or get_settings()
+    now = now or utcnow()
+    report = PassReport()
+    _take_back_expired(s, now, report, send, notify)
+    _resend_unclaimed(s, now, age_s if age_s is not None else s.reconcile_age_s, report, send)
+    return report
+
+
+def _expired(now: datetime) -> Select[tuple[ScanResult]]:
+    return select(ScanResult).where(
+        ScanResult.state == JobState.PROCESSING.value, ScanResult.lease_expires_at < now,
+    ).order_by(ScanResult.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)
+
+
+def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Send,
+                       notify: pipeline.Notify | None) -> None:
+    last_chance = s.scan_max_lost_leases - 1
+    # First the scans out of chances: failed alone, whatever the broker's state.
+    with sync_session() as session:
+        rows = session.scalars(_expired(now).where(ScanResult.lost_leases >= last_chance)).all()
+        for row in rows:
+            row.lost_leases += 1
+            pipeline.fail_row(session, row, "poison_input", POISON_MESSAGE.format(n=row.lost_leases))
+        poisoned = [(r.id, r.callback_url, r.batch_id) for r in rows]
+    if poisoned:
+        report.poisoned = [scan_id for scan_id, _, _ in poisoned]
+        log.error("failed %d scans as poison_input: %s", len(poisoned), report.poisoned)
+        pipeline.announce(poisoned, notify)
+    with sync_session() as session:
+        rows = session.scalars(_expired(now).where(ScanResult.lost_leases < last_chance)).all()
+        for row in rows:
+            row.lost_leases += 1
+            row.lease_owner = row.lease_expires_at = None
+            row.enqueued_at = now
+        if rows:
+            # Inside the transaction: if the broker is down, nothing is marked and the next
+            # pass finds the same rows (their lease still expired).
+            send([r.id for r in rows], 1)
+            report.retried_alone = [r.id for r in rows]
+
+
+def _resend_unclaimed(s: Settings, now: datetime, age_s: float, report: PassReport,
+                      send: Send) -> None:
+    cutoff = now - timedelta(seconds=age_s)
+    last_sent = func.coalesce(ScanResult.enqueued_at, ScanResult.started_at, ScanResult.created_at)
+    with sync_session() as session:
+        rows = session.scalars(select(ScanResult).where(
+            or_(ScanResult.state == JobState.QUEUED.value,
+                (ScanResult.state == JobState.PROCESSING.value)
+                & ScanResult.lease_expires_at.is_(None)),
+            last_sent < cutoff,
+        ).order_by(ScanResult.created_at, ScanResult.id).limit(PASS_LIMIT)
+            .with_for_update(skip_locked=True)).all()
+        if not rows:
+            return
+        for row in rows:
+            row.enqueued_at = now
+        # Never lost by a worker: they may share tasks; a scan ever lost runs alone.
+        fresh = [r.id for r in rows if r.lost_leases == 0]
+        lost = [r.id for r in rows if r.lost_leases > 0]
+        if fresh:
+            send(fresh, s.worker_batch_size)
+        if lost:
+            send(lost, 1)
+        report.resent = fresh + lost
+    log.warning("re-sent %d scans whose message may be lost", len(report.resent))
+
+
+class Reconciler(threading.Thread):
+    """Runs `reconcile_once` now and then every RECONCILE_INTERVAL_S until `stop()`."""
+
+    def __init__(self, producer: object, notify: pipeline.Notify | None = None,
+                 settings: Settings | None = None) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self._settings = settings or get_settings()
+        self._producer, self._notify = producer, notify
+        self._stop_event = threading.Event()
+
+    def _send(self, scan_ids: Sequence[str], batch_size: int) -> object:
+        return enqueue_scans(self._producer, list(scan_ids), batch_size)
+
+    def run(self) -> None:
+        while True:
+            try:
+                report = reconcile_once(self._send, self._settings, notify=self._notify)
+                if report:
+                    log.warning("reconciler: %d poison, %d retried alone, %d re-sent",
+                                len(report.poisoned), len(report.retried_alone),
+                                len(report.resent))
+            except Exception:  # database or broker down: the next pass tries again
+                log.warning("reconciler pass failed", exc_info=True)
+            if self._stop_event.wait(self._settings.reconcile_interval_s):
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
