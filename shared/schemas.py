@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Batch, ScanResult
+from shared.explanation import Explanation, explanation_for
 from shared.labels import CLASSES
 
 
@@ -66,6 +67,9 @@ class ScanOut(BaseModel):
         "originals browsers cannot show (DICOM), else the original itself (as image_url)."))
     heatmap_url: str | None = None
     overlay_url: str | None = None
+    explanation: Explanation | None = Field(default=None, description=(
+        "What the heatmap shows: the finding's class, or for a no-tumour finding the most "
+        "likely tumour class, with its probability and a sentence on what the map means."))
     error: ErrorBody | None = None
     timings: dict[str, Any] | None = None
     attempts: int = 0
@@ -176,7 +180,10 @@ def scan_out(scan: ScanResult, sign_url: Callable[[str], str]) -> ScanOut:
         size_bytes=scan.size_bytes, sha256=scan.sha256, batch_id=scan.batch_id,
         prediction=prediction, gate=scan.gate, model=model,
         image_url=image_url, preview_url=preview_url, heatmap_url=link(scan.heatmap_ref),
-        overlay_url=link(scan.overlay_ref), error=error, timings=scan.timings,
+        overlay_url=link(scan.overlay_ref),
+        explanation=explanation_for(prediction.label, prediction.probabilities)
+        if prediction and scan.heatmap_ref else None,
+        error=error, timings=scan.timings,
         attempts=scan.attempts, created_at=scan.created_at, started_at=scan.started_at,
         finished_at=scan.finished_at, patient_ref=scan.patient_ref, study_ref=scan.study_ref,
         links=scan_links(scan.id, scan.batch_id),

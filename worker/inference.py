@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.explanation import TUMOUR_CLASS, explained_label
 from shared.imaging import DecodedImage
 from shared.labels import CLASSES
 from shared.labels import class_index as index_of
@@ -23,7 +24,8 @@ from worker.model.loader import LoadedModel
 
 MAX_BATCH = 64  # bounds peak memory for very large batches; results do not depend on it
 
-# None: each image's predicted class; a class name or index for all; or one entry per image.
+# None: each image's predicted class; a class name or index for all; or one entry per image;
+# TUMOUR_CLASS (-2): the most likely tumour class (the predicted one unless that is notumor).
 ClassRequest = int | str | Sequence[int | str | None] | None
 
 
@@ -34,6 +36,7 @@ class Analysis:
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
     cam: np.ndarray | None = None  # HxW float32 in [0, 1], in the ORIGINAL image frame
+    explained: str | None = None  # the class the map was drawn for
     overlay_png: bytes | None = None
     heatmap_png: bytes | None = None
 
@@ -43,7 +46,8 @@ def explainer_for(model: LoadedModel):  # noqa: ANN201 - a compiled tf.function
     key = "gradcam"
     if key not in model._explainers:
         model._explainers[key] = make_explainer(model.model, model.config.cam_layer, model.temperature,
-                                                mirror=model.mirror)
+                                                mirror=model.mirror,
+                                                background_class=index_of("notumor"))
     return model._explainers[key]
 
 
@@ -62,7 +66,7 @@ def _requested(class_index: ClassRequest, n: int) -> np.ndarray:
         class_index = [class_index] * n
     out = np.array([-1 if c is None else index_of(c) if isinstance(c, str) else int(c)
                     for c in class_index], dtype=np.int32)
-    if len(out) != n or out.min(initial=0) < -1 or out.max(initial=0) >= len(CLASSES):
+    if len(out) != n or out.min(initial=0) < TUMOUR_CLASS or out.max(initial=0) >= len(CLASSES):
         raise ValueError(f"class_index {class_index!r} does not fit {n} images and {len(CLASSES)} classes")
     return out
 
@@ -82,8 +86,11 @@ def run_batch(model: LoadedModel, batch: np.ndarray, class_index: ClassRequest =
 
 
 def analyse(images: Sequence[DecodedImage], model: LoadedModel,
-            class_index: int | str | None = None) -> list[Analysis]:
-    """One Analysis per image, in order; gate-rejected images carry only their gate outcome."""
+            class_index: int | str | None = TUMOUR_CLASS) -> list[Analysis]:
+    """One Analysis per image, in order; gate-rejected images carry only their gate outcome.
+
+    By default each map explains a tumour class (`shared.explanation`): the finding, or for a
+    "notumor" finding the most likely tumour class, never a map of "no tumour"."""
     gates = [assess(img) for img in images]
     accepted = [i for i, g in enumerate(gates) if g.accepted]
     results: list[Analysis] = [Analysis(gate=g) for g in gates]
@@ -95,12 +102,20 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
         pixels = images[i].pixels
         cam = to_original_frame(cams[row], prepared[row][1], pixels.shape[:2])
         top = int(np.argmax(probs[row]))
+        probabilities = {c: float(p) for c, p in zip(CLASSES, probs[row], strict=True)}
+        if class_index == TUMOUR_CLASS:
+            explained = explained_label(probabilities)
+        elif class_index is None:
+            explained = CLASSES[top]
+        else:
+            explained = CLASSES[index_of(class_index) if isinstance(class_index, str) else int(class_index)]
         results[i] = Analysis(
             gate=gates[i],
             label=CLASSES[top],
             confidence=float(probs[row, top]),
-            probabilities={c: float(p) for c, p in zip(CLASSES, probs[row], strict=True)},
+            probabilities=probabilities,
             cam=cam,
+            explained=explained,
             overlay_png=overlay.overlay_png(pixels, cam),
             heatmap_png=overlay.heatmap_png(cam),
         )

@@ -15,6 +15,7 @@ export function renderResult(container, scan, { api, reload }) {
     header(scan, api),
     ...status(scan),
     media(scan, reload),
+    explanationNote(scan),
     details(scan),
     h("p", { class: "disclaimer-inline" }, DISCLAIMER),
   );
@@ -133,6 +134,19 @@ function media(scan, reload) {
     onImageError,
   });
   return viewer.element;
+}
+
+// What the heatmap shows, in the API's own words (the PDF prints the same two sentences):
+// the finding's class, or for "no tumour" the most likely tumour class, never a map of "no tumour".
+function explanationNote(scan) {
+  const e = scan.explanation;
+  if (!e || scan.state !== "succeeded") return null;
+  return h("section", {
+    class: `explanation${e.is_finding ? "" : " explanation-alternative"}`, id: "explanation",
+    "aria-label": "What the heatmap shows",
+  },
+    h("p", { class: "explanation-title", id: "explanation-title" }, e.title),
+    h("p", { class: "muted small", id: "explanation-meaning" }, e.meaning));
 }
 
 function details(scan) {

@@ -122,11 +122,16 @@ def render_scan_report(scan: Any, original_png: bytes | None, overlay_png: bytes
                                _STYLES["Heading2"]))
     story.append(Spacer(1, 0.3 * cm))
     width = 6.6 * cm
+    explanation = s.get("explanation") or None
+    caption = (f"Grad-CAM overlay: {escape(explanation['title'])}" if explanation
+               else "Grad-CAM overlay")
     images = Table([[_image(original_png, "Original (as submitted, de-identified)", width),
-                     _image(overlay_png, "Grad-CAM overlay (where the model looked)", width)]],
+                     _image(overlay_png, caption, width)]],
                    colWidths=[width + 0.4 * cm] * 2)
     images.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
     story.append(images)
+    if explanation and overlay_png:
+        story.append(_p(f"<b>What the map means.</b> {escape(explanation['meaning'])}"))
     if prediction:
         story += [Paragraph("Class probabilities", _STYLES["Heading3"]),
                   _bar_chart(prediction.get("probabilities") or {})]

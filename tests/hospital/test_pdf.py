@@ -114,3 +114,22 @@ def test_flat_metrics_keeps_numbers_only() -> None:
     card = {"metrics": {"accuracy": 0.5, "note": "text", "flag": True, "cm": [[1, 2]],
                         "per_class": {"a": {"f1": 0.25}}}}
     assert flat_metrics(card) == [("accuracy", "0.5"), ("per_class.a.f1", "0.25")]
+
+
+def test_scan_report_names_the_class_the_map_explains_and_what_it_means() -> None:
+    from shared.explanation import explanation_for
+
+    grey = (brain_like(96) * 255).astype(np.uint8)
+    explanation = explanation_for("meningioma", PROBS).model_dump()
+    text = " ".join(_text(render_scan_report(_scan(explanation=explanation), _png(grey),
+                                             _png(grey), None)).split())
+    assert "Where the model looked for meningioma (p = 0.93)" in text
+    assert "What the map means. Grad-CAM map: the warmer the colour" in text
+    notumor = {"glioma": 0.02, "meningioma": 0.05, "notumor": 0.9, "pituitary": 0.03}
+    explanation = explanation_for("notumor", notumor).model_dump()
+    assert explanation["label"] == "meningioma" and explanation["is_finding"] is False
+    scan = _scan(prediction={"label": "notumor", "confidence": 0.9, "probabilities": notumor},
+                 explanation=explanation)
+    text = " ".join(_text(render_scan_report(scan, _png(grey), _png(grey), None)).split())
+    assert ("No tumour found. Where the model looked for the most likely tumour class, "
+            "meningioma (p = 0.05)") in text

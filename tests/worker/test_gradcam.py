@@ -162,3 +162,20 @@ def test_mirror_makes_the_explanation_mirror_equivariant(model, images) -> None:
     plain = make_explainer(model, CONFIG.cam_layer)
     assert not np.allclose(plain(images[:, :, ::-1].copy(), _all(N, -1))[1].numpy(),
                            plain(images, _all(N, -1))[1].numpy()[:, :, ::-1], atol=1e-4)
+
+
+def test_tumour_class_request_skips_the_background_class() -> None:
+    """class_index -2: the best class other than the background one, in the same pass."""
+    keras.utils.set_random_seed(3)
+    model = build_model(CONFIG)
+    images = np.random.default_rng(4).random((6, CONFIG.input_size, CONFIG.input_size, 1),
+                                             dtype=np.float32)
+    probs, _ = make_explainer(model, CONFIG.cam_layer)(images, np.full(6, -1, np.int32))
+    background = int(np.argmax(probs.numpy()[0]))  # make image 0's prediction the background
+    explain = make_explainer(model, CONFIG.cam_layer, background_class=background)
+    _, cams = explain(images, np.full(6, -2, np.int32))
+    masked = probs.numpy().copy()
+    masked[:, background] = -1
+    expected = np.argmax(masked, axis=1).astype(np.int32)
+    _, asked = explain(images, expected)
+    np.testing.assert_allclose(cams.numpy(), asked.numpy(), atol=1e-6)

@@ -103,10 +103,28 @@ def test_requested_class(model_dir: Path, scans) -> None:
     for c in CLASSES:
         r = analyse(scans[:1], model, class_index=c)[0]
         assert r.label == default.label  # the label is the prediction, whatever map is asked for
-        if c == default.label:
+        assert r.explained == c
+        if c == default.explained:
             np.testing.assert_allclose(r.cam, default.cam, atol=1e-6)
+    predicted = analyse(scans[:1], model, class_index=None)[0]
+    assert predicted.explained == predicted.label
     with pytest.raises(ValueError):
         analyse(scans[:1], model, class_index="astrocytoma")
+
+
+def test_default_map_explains_a_tumour_class(model_dir: Path, scans) -> None:
+    """Never a map of "no tumour": the finding's map, or the most likely tumour class's."""
+    model = load_model(model_dir, "tiny-inference")
+    for r in analyse(scans, model):
+        tumours = {c: p for c, p in r.probabilities.items() if c != "notumor"}
+        assert r.explained == max(tumours, key=tumours.get)
+        if r.label != "notumor":
+            assert r.explained == r.label
+    # The map drawn by default is the map one gets by asking for that class explicitly.
+    for scan in scans:
+        default = analyse([scan], model)[0]
+        explicit = analyse([scan], model, class_index=default.explained)[0]
+        np.testing.assert_allclose(default.cam, explicit.cam, atol=1e-6)
 
 
 def test_empty_and_all_rejected(model_dir: Path) -> None:

@@ -61,8 +61,12 @@ def _merge(logits: tf.Tensor, n: tf.Tensor, mirror: bool) -> tf.Tensor:
 
 
 def make_explainer(model: keras.Model, layer_name: str, temperature: float = 1.0, *,
-                   mirror: bool = False) -> Explainer:
+                   mirror: bool = False, background_class: int | None = None) -> Explainer:
     """A compiled fn(images (N,S,S,1), class_index (N,) int32, -1 = argmax) -> (probs (N,C), cams (N,S,S)).
+
+    class_index -2 asks for the highest-scoring class other than `background_class` ("no
+    tumour"): the predicted class when that is a tumour, else the most likely tumour class,
+    in the same pass.
 
     With `mirror` (test-time augmentation, the model card's choice) each image is scored
     together with its left-right mirror image: the logits are averaged, and the map is
@@ -80,7 +84,12 @@ def make_explainer(model: keras.Model, layer_name: str, temperature: float = 1.0
             tape.watch(feats)  # A is an intermediate tensor, not a variable
             logits = _merge(head(feats, training=False), n, mirror)
             predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            chosen = tf.where(class_index >= 0, class_index, predicted)
+            foreground = predicted
+            if background_class is not None:
+                hidden = tf.one_hot(background_class, tf.shape(logits)[1], on_value=-1e9)
+                foreground = tf.argmax(logits + hidden, axis=-1, output_type=tf.int32)
+            chosen = tf.where(class_index >= 0, class_index,
+                              tf.where(class_index == -2, foreground, predicted))
             # Summing the chosen scores over the batch is safe: image i's score depends on A_i only.
             score = tf.reduce_sum(logits * tf.one_hot(chosen, tf.shape(logits)[1]))
         grads = tape.gradient(score, feats)
