@@ -32,6 +32,7 @@ PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 _START_TIMEOUT_S = 120.0
 _API_APP = "api.main:app"
+_WORKER_MARK = "worker"  # the Celery sub-command: how the worker process is found again
 # Settings that must come from the stack, never from the developer's shell.
 _OWN_VARS = ("DATABASE_URL", "BROKER_URL", "CLOUDINARY_URL", "CLOUDINARY_CLOUD_NAME",
              "CLOUDINARY_API_KEY", "CLOUDINARY_API_SECRET", "CLOUDINARY_UPLOAD_PREFIX",
@@ -148,6 +149,46 @@ class LiveStack:
             self._procs[index] = _spawn(list(old.args), self.root / "api.log", self.env, self.root)
         _wait_ready(self, worker=False)
 
+    # --- the worker, for fault injection -------------------------------------------------
+
+    def _worker_index(self) -> int:
+        return next(i for i, p in enumerate(self._procs) if _WORKER_MARK in p.args)
+
+    @property
+    def worker_running(self) -> bool:
+        return self._procs[self._worker_index()].poll() is None
+
+    def kill_worker(self, sig: int = signal.SIGKILL, wait_s: float = 60.0) -> None:
+        """Send `sig` to the worker's process group and wait (at most `wait_s`) until it exits;
+        SIGTERM is Celery's warm shutdown (the current task finishes first)."""
+        proc = self._procs[self._worker_index()]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def start_worker(self, wait: bool = True) -> None:
+        """Start the worker again (same command and environment) after it exited; with `wait`,
+        return once it reports ready."""
+        index = self._worker_index()
+        old = self._procs[index]
+        if old.poll() is None:
+            raise RuntimeError("the worker is still running")
+        log = self.root / "worker.log"
+        seen = _ready_count(log)
+        self._procs[index] = _spawn(list(old.args), log, self.env, self.root)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while wait and _ready_count(log) <= seen:
+            if self._procs[index].poll() is not None:
+                raise RuntimeError(f"worker exited with {self._procs[index].returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not ready after {_START_TIMEOUT_S:.0f}s")
+            time.sleep(0.2)
+
     def stop(self) -> None:
         for proc in self._procs:
             if proc.poll() is None:
@@ -170,8 +211,11 @@ class LiveStack:
 def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
                 port_range: tuple[int, int] = (18000, 18999), redis_url: str | None = None,
                 model_name: str = "neuroscan-tiny", tenant: str = "test-hospital",
-                env: dict[str, str] | None = None) -> LiveStack:
-    """Migrate, create a tenant and key, start uvicorn and a Celery worker; wait until ready."""
+                env: dict[str, str] | None = None,
+                worker_app: str = "worker.celery_app:app") -> LiveStack:
+    """Migrate, create a tenant and key, start uvicorn and a Celery worker; wait until ready.
+    `worker_app` may name a test app that wraps production code with faults
+    (`tests/support/fault_app.py`)."""
     from shared.db.migrate import upgrade_to_head
     from shared.settings import _with_driver
 
@@ -222,7 +266,7 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
              # as in production (cli/service.py, Dockerfile.api): open SSE streams are cut
              "--timeout-graceful-shutdown", "5"], root / "api.log", stack_env, root))
         stack._procs.append(_spawn(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
+            [sys.executable, "-m", "celery", "-A", worker_app, _WORKER_MARK,
              "--pool", "solo", "--events", "--queues", stack_env["QUEUE_NAME"],
              "--hostname", f"{stack_env['QUEUE_NAME']}@%h", "--loglevel", "INFO",
              "--without-mingle", "--without-gossip"], root / "worker.log", stack_env, root))
@@ -263,6 +307,10 @@ def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def _ready_count(log: Path) -> int:
+    return log.read_text(errors="replace").count(" ready.") if log.exists() else 0
 
 
 def _wait_ready(stack: LiveStack, *, worker: bool = True) -> None:
