@@ -31,6 +31,7 @@ app.command("synth")(model.synth)
 app.command("train")(model.train)
 app.command("evaluate")(model.evaluate)
 app.command("predict")(model.predict)
+app.command("fit-gate")(model.fit_gate)
 
 # Client: talk to a running service.
 app.command("submit")(client.submit)

@@ -84,13 +84,31 @@ def evaluate(
     typer.echo(json.dumps(report["summary"], indent=2))
 
 
+def fit_gate(
+    data: Annotated[Path, typer.Option(help="Brain MRI slices to fit on (e.g. `neuroscan synth --n 800 --seed 7`).")],
+    model_dir: Annotated[Path, typer.Option(help="Folder with the weights and card.")] = Path("models"),
+    name: Annotated[str, typer.Option(help="Model name.")] = "neuroscan-cnn",
+    real_brains: Annotated[Path | None, typer.Option(
+        help="Real brain MRI slices: the threshold is raised above all of them if needed.")] = None,
+) -> None:
+    """Fit the input gate's learned score for a model: writes <name>.ood.npz, names it in the card."""
+    from worker.ood import fit_model_gate
+
+    entry = fit_model_gate(model_dir, name, data, real_brains)
+    typer.echo(json.dumps(entry, indent=2))
+
+
 def predict(
     files: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
     model_dir: Annotated[Path | None, typer.Option(help="Folder with the weights and card (default: settings).")] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: settings).")] = None,
+    heatmaps: Annotated[Path | None, typer.Option(
+        help="Also write <file stem>.overlay.png and <file stem>.heatmap.png here for each "
+             "analysed file (the Grad-CAM map of the class the `explanation` names).")] = None,
 ) -> None:
     """Classify files offline (no server): one JSON object per line."""
     from shared.errors import InputError
+    from shared.explanation import explanation_for
     from shared.imaging import decode_image
     from shared.settings import get_settings
     from worker.inference import analyse
@@ -98,6 +116,9 @@ def predict(
 
     settings = get_settings()
     model = load_model(model_dir or settings.model_dir, name or settings.model_name)
+    if heatmaps is not None:
+        heatmaps.mkdir(parents=True, exist_ok=True)
+    stems: dict[str, int] = {}
     for path in files:
         record: dict[str, object] = {"file": str(path)}
         try:
@@ -111,4 +132,15 @@ def predict(
                           probabilities=result.probabilities,
                           gate={"accepted": result.gate.accepted, "code": result.gate.code,
                                 "reason": result.gate.reason})
+            if result.label is not None and result.probabilities is not None:
+                record["explanation"] = explanation_for(result.label, result.probabilities).model_dump()
+            if heatmaps is not None and result.overlay_png and result.heatmap_png:
+                # Same stem twice (a/scan.dcm, b/scan.dcm): number the later ones.
+                seen = stems[path.stem] = stems.get(path.stem, 0) + 1
+                stem = path.stem if seen == 1 else f"{path.stem}-{seen}"
+                out = {"overlay": heatmaps / f"{stem}.overlay.png",
+                       "heatmap": heatmaps / f"{stem}.heatmap.png"}
+                out["overlay"].write_bytes(result.overlay_png)
+                out["heatmap"].write_bytes(result.heatmap_png)
+                record["images"] = {k: str(v) for k, v in out.items()}
         typer.echo(json.dumps(record))

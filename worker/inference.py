@@ -17,7 +17,7 @@ from shared.imaging import DecodedImage
 from shared.labels import CLASSES
 from shared.labels import class_index as index_of
 from shared.preprocessing import preprocess_with_box, to_original_frame
-from worker import overlay
+from worker import ood, overlay
 from worker.gate import GateOutcome, assess
 from worker.model.gradcam import make_explainer, make_logits
 from worker.model.loader import LoadedModel
@@ -47,7 +47,8 @@ def explainer_for(model: LoadedModel):  # noqa: ANN201 - a compiled tf.function
     if key not in model._explainers:
         model._explainers[key] = make_explainer(model.model, model.config.cam_layer, model.temperature,
                                                 mirror=model.mirror,
-                                                background_class=index_of("notumor"))
+                                                background_class=index_of("notumor"),
+                                                with_features=True)
     return model._explainers[key]
 
 
@@ -74,15 +75,23 @@ def _requested(class_index: ClassRequest, n: int) -> np.ndarray:
 def run_batch(model: LoadedModel, batch: np.ndarray, class_index: ClassRequest = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed (N,S,S,1) -> (probabilities (N,C), maps (N,S,S)) in the model frame."""
+    probs, cams, _ = run_batch_with_features(model, batch, class_index)
+    return probs, cams
+
+
+def run_batch_with_features(model: LoadedModel, batch: np.ndarray, class_index: ClassRequest = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As `run_batch`, plus each image's pooled features (N,F) from the same pass."""
     requested = _requested(class_index, len(batch))
     explain = explainer_for(model)
-    probs, cams = [], []
+    probs, cams, feats = [], [], []
     for start in range(0, len(batch), MAX_BATCH):
         chunk = batch[start:start + MAX_BATCH]
-        p, c = explain(chunk, requested[start:start + MAX_BATCH])
+        p, c, f = explain(chunk, requested[start:start + MAX_BATCH])
         probs.append(p.numpy())
         cams.append(c.numpy())
-    return np.concatenate(probs), np.concatenate(cams)
+        feats.append(f.numpy())
+    return np.concatenate(probs), np.concatenate(cams), np.concatenate(feats)
 
 
 def analyse(images: Sequence[DecodedImage], model: LoadedModel,
@@ -97,8 +106,16 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
     if not accepted:
         return results
     prepared = [preprocess_with_box(images[i].pixels, model.input_size) for i in accepted]
-    probs, cams = run_batch(model, np.stack([x for x, _ in prepared]), class_index)
+    probs, cams, feats = run_batch_with_features(model, np.stack([x for x, _ in prepared]),
+                                                 class_index)
+    learned = ood.gate_for(model)
+    distances = learned.distances(feats) if learned is not None else None
     for row, i in enumerate(accepted):
+        if distances is not None:
+            gates[i] = learned.judge(gates[i], float(distances[row]))  # type: ignore[union-attr]
+            if not gates[i].accepted:
+                results[i] = Analysis(gate=gates[i])
+                continue
         pixels = images[i].pixels
         cam = to_original_frame(cams[row], prepared[row][1], pixels.shape[:2])
         top = int(np.argmax(probs[row]))

@@ -61,12 +61,17 @@ def _merge(logits: tf.Tensor, n: tf.Tensor, mirror: bool) -> tf.Tensor:
 
 
 def make_explainer(model: keras.Model, layer_name: str, temperature: float = 1.0, *,
-                   mirror: bool = False, background_class: int | None = None) -> Explainer:
+                   mirror: bool = False, background_class: int | None = None,
+                   with_features: bool = False) -> Explainer:
     """A compiled fn(images (N,S,S,1), class_index (N,) int32, -1 = argmax) -> (probs (N,C), cams (N,S,S)).
 
     class_index -2 asks for the highest-scoring class other than `background_class` ("no
     tumour"): the predicted class when that is a tumour, else the most likely tumour class,
     in the same pass.
+
+    With `with_features` a third output is each image's pooled CAM-layer activations (mean
+    and max over space, mean over the mirror views): the input gate's learned score reads
+    them (`worker.ood`), at the cost of two reductions.
 
     With `mirror` (test-time augmentation, the model card's choice) each image is scored
     together with its left-right mirror image: the logits are averaged, and the map is
@@ -99,6 +104,10 @@ def make_explainer(model: keras.Model, layer_name: str, temperature: float = 1.0
             weighted = weighted[:n] + tf.reverse(weighted[n:], axis=[2])
         cam = tf.nn.relu(weighted)  # keep evidence FOR class c only
         probs = tf.nn.softmax(logits / temperature, axis=-1)  # temperature-calibrated (Guo et al. 2017)
+        if with_features:
+            pooled = tf.concat([tf.reduce_mean(feats, axis=(1, 2)), tf.reduce_max(feats, axis=(1, 2))], -1)
+            pooled = _merge(pooled, n, mirror)
+            return probs, upsample_cam(cam, size), pooled
         return probs, upsample_cam(cam, size)
 
     return explain
