@@ -24,6 +24,16 @@ from shared.states import JobState
 
 log = logging.getLogger(__name__)
 
+# Owners whose task is running in this process, within its time limit: the reconciler in this
+# process never takes their scans back, even if a busy CPU made a heartbeat late.
+_alive: set[str] = set()
+_alive_lock = threading.Lock()
+
+
+def alive_owners() -> frozenset[str]:
+    with _alive_lock:
+        return frozenset(_alive)
+
 
 def _held(scan_ids: Sequence[str], owner: str) -> object:
     return ((ScanResult.id.in_(list(scan_ids))) & (ScanResult.lease_owner == owner)
@@ -62,11 +72,18 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
 
     def __enter__(self) -> Heartbeat:
+        with _alive_lock:
+            _alive.add(self._owner)
         self._thread.start()
         return self
 
+    def _forget(self) -> None:
+        with _alive_lock:
+            _alive.discard(self._owner)
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self._forget()
         self._stop.set()
         self._thread.join(timeout=self._lease_s)
 
@@ -74,8 +91,11 @@ class Heartbeat:
         while not self._stop.wait(self._lease_s / 3):
             if time.monotonic() > self._until:
                 log.error("task over its time limit: no longer renewing %d scans", len(self._ids))
+                self._forget()
                 return
             try:
-                renew(self._ids, self._owner, self._lease_s)
+                if renew(self._ids, self._owner, self._lease_s) < len(self._ids):
+                    log.info("lease heartbeat: some of %d scans are final or taken back",
+                             len(self._ids))
             except Exception:  # the database may be down for a moment; try again next beat
                 log.warning("lease heartbeat failed", exc_info=True)

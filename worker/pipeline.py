@@ -237,6 +237,8 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
     s = get_settings()
     owner = owner or new_id()
     started = time.monotonic()
+    # Loaded before any lease is taken: the first load is seconds of busy CPU.
+    model = get_model()
     with sync_session() as session:
         claimed = claim(session, scan_ids, owner, s.scan_lease_s)
     if not claimed:
@@ -244,7 +246,7 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
     ids = [item.scan_id for item in claimed]
     with Heartbeat(ids, owner, s.scan_lease_s, s.task_time_limit_s):
         try:
-            outcomes = analyse_and_store(claimed, get_model(), storage or get_storage())
+            outcomes = analyse_and_store(claimed, model, storage or get_storage())
             done = _write_results(outcomes, deadline=started + s.task_time_limit_s)
         except BaseException:
             # Not ours any more: a retry or the reconciler takes them (if the database is

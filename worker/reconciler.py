@@ -34,6 +34,7 @@ from shared.queue import enqueue_scans
 from shared.settings import Settings, get_settings
 from shared.states import JobState
 from worker import pipeline
+from worker.leases import alive_owners
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ def reconcile_once(send: Send, settings: Settings | None = None, *,
 
 
 def _expired(now: datetime) -> Select[tuple[ScanResult]]:
-    return select(ScanResult).where(
-        ScanResult.state == JobState.PROCESSING.value, ScanResult.lease_expires_at < now,
-    ).order_by(ScanResult.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)
+    query = select(ScanResult).where(
+        ScanResult.state == JobState.PROCESSING.value, ScanResult.lease_expires_at < now)
+    if alive := alive_owners():  # a task running here is alive, however late its heartbeat
+        query = query.where(ScanResult.lease_owner.not_in(alive))
+    return query.order_by(ScanResult.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)
 
 
 def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Send,

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import make_url
 
 from shared.db.models import ScanEvent, ScanResult
 from tests.support.images import brain_slice, encode
@@ -28,9 +29,10 @@ from tests.support.tcp_proxy import TcpProxy
 
 POISON_SHAPE = (171, 173)  # an image of exactly this size kills the worker (fault_app)
 FAULT_ENV = {
-    "SCAN_LEASE_S": "3",
+    # Long enough for a heartbeat on two busy cores; a restart takes longer anyway.
+    "SCAN_LEASE_S": "8",
     "RECONCILE_INTERVAL_S": "1",
-    "RECONCILE_AGE_S": "6",
+    "RECONCILE_AGE_S": "12",
     "SCAN_MAX_LOST_LEASES": "2",
     "FAULT_BATCH_DELAY_S": "1",
     "FAULT_POISON_SHAPE": "x".join(map(str, POISON_SHAPE)),
@@ -50,20 +52,36 @@ def redis_proxy(redis_url: str) -> Iterator[TcpProxy]:
 
 
 @pytest.fixture(scope="module")
+def pg_proxy() -> Iterator[TcpProxy]:
+    from tests.support.stack import PG_ADMIN_URL
+
+    host, port = make_url(PG_ADMIN_URL).host or "127.0.0.1", make_url(PG_ADMIN_URL).port or 5432
+    proxy = TcpProxy(host, port).start()
+    yield proxy
+    proxy.cut()
+
+
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
-          redis_proxy: TcpProxy, redis_url: str) -> Iterator[LiveStack]:
+          redis_proxy: TcpProxy, pg_proxy: TcpProxy, redis_url: str) -> Iterator[LiveStack]:
     db = redis_url.rsplit("/", 1)[1]
+
+    def via_proxy(url: str) -> str:
+        return make_url(url).set(host="127.0.0.1", port=pg_proxy.port).render_as_string(
+            hide_password=False)
+
     live = start_stack(tmp_path_factory.mktemp("faults"), tiny_model_dir, backend="pg",
                        port_range=(19400, 19499),
                        # the worker runs in the stack's folder; it imports tests.support
                        env={**FAULT_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
                        redis_url=f"redis://127.0.0.1:{redis_proxy.port}/{db}",
-                       worker_app="tests.support.fault_app:app")
+                       worker_app="tests.support.fault_app:app", database_url_via=via_proxy)
     try:
         yield live
     finally:
-        if not redis_proxy.listening:
-            redis_proxy.restore()  # the stack deletes its queue through the proxy
+        for proxy in (redis_proxy, pg_proxy):
+            if not proxy.listening:
+                proxy.restore()  # the stack deletes its queue through the proxy
         live.stop()
 
 
@@ -227,4 +245,28 @@ def test_redis_down_at_upload(stack: LiveStack, client: httpx.Client,
     audit = _check_all_final(stack, ids)
     _report("redis_down_at_upload", scans=20, upload_s=round(upload_s, 1),
             done_after_redis_back_s=round(took, 1), total_attempts=audit["claims"])
+    assert took < RECOVERY_GOAL_S
+
+
+def test_database_outage_mid_batch(stack: LiveStack, client: httpx.Client,
+                                   pg_proxy: TcpProxy) -> None:
+    """PostgreSQL unreachable for 20 s while a batch is being processed (the API, the worker
+    and its reconciler all lose it); every scan final once it is back."""
+    if not stack.worker_running:
+        stack.start_worker()
+    batch_id, ids = _upload(client, 48)
+    _until(lambda: _counts(client, batch_id)["processing"] > 0, 120, "a batch processing")
+    pg_proxy.cut()
+    try:
+        time.sleep(5)
+        with stack.client(timeout=30.0) as c:  # the API answers while the database is away
+            during = c.get(f"/v1/batches/{batch_id}").status_code
+        time.sleep(15)
+    finally:
+        pg_proxy.restore()
+    took = _until(lambda: _counts(client, batch_id)["succeeded"] == 48, RECOVERY_GOAL_S,
+                  "all 48 succeeded after the database came back", stack, [])
+    audit = _check_all_final(stack, ids)
+    _report("database_down_20s_mid_batch", scans=48, api_status_during=during,
+            done_after_db_back_s=round(took, 1), total_attempts=audit["claims"])
     assert took < RECOVERY_GOAL_S

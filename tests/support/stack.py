@@ -212,10 +212,12 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
                 port_range: tuple[int, int] = (18000, 18999), redis_url: str | None = None,
                 model_name: str = "neuroscan-tiny", tenant: str = "test-hospital",
                 env: dict[str, str] | None = None,
-                worker_app: str = "worker.celery_app:app") -> LiveStack:
+                worker_app: str = "worker.celery_app:app",
+                database_url_via: Callable[[str], str] | None = None) -> LiveStack:
     """Migrate, create a tenant and key, start uvicorn and a Celery worker; wait until ready.
     `worker_app` may name a test app that wraps production code with faults
-    (`tests/support/fault_app.py`)."""
+    (`tests/support/fault_app.py`); `database_url_via` rewrites the new database's URL for
+    the stack (a proxy in front of PostgreSQL), while it is created and dropped directly."""
     from shared.db.migrate import upgrade_to_head
     from shared.settings import _with_driver
 
@@ -241,7 +243,7 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
         elif backend == "pg":
             db_url = create_pg_database()
             stack._cleanup.append(lambda: drop_pg_database(db_url))
-            stack_env["DATABASE_URL"] = db_url
+            stack_env["DATABASE_URL"] = database_url_via(db_url) if database_url_via else db_url
             stack_env["BROKER_URL"] = redis_url or f"{REDIS_BASE_URL}/1"
             stack._cleanup.append(lambda: _delete_queue(stack_env["BROKER_URL"],
                                                         stack_env["QUEUE_NAME"]))
