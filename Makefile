@@ -9,13 +9,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements/api.txt requirements/worker.txt requirements/dev.txt pyproject.toml
 
-.PHONY: help venv run test bench lint flower
+.PHONY: help venv run test bench lint flower chaos
 
 help:
 	@echo "make run     start the API and a worker on the embedded defaults (PORT=8000)"
 	@echo "make test    start PostgreSQL/Redis if needed, run the whole test suite"
 	@echo "make bench   Grad-CAM overhead, pipeline and training throughput benchmarks (JSON in bench/results)"
 	@echo "make lint    ruff"
+	@echo "make chaos   the full-stack fault tests alone, printing their timings (README, Guarantees)"
 	@echo "make flower  Flower on BROKER_URL with basic auth (FLOWER_USER, FLOWER_PASSWORD)"
 
 $(PY):
@@ -40,6 +41,11 @@ bench: venv
 	$(PY) -m bench.gradcam_overhead
 	$(PY) -m bench.pipeline_throughput
 	$(PY) -m bench.train_throughput
+
+chaos: venv
+	scripts/ensure_services.sh
+	set -o pipefail; $(VENV)/bin/pytest -s -p no:cacheprovider tests/integration/test_faults.py \
+		| grep -E '^FAULT|passed|failed'
 
 lint: venv
 	$(VENV)/bin/ruff check .
