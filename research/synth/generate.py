@@ -13,11 +13,11 @@ from . import lesions as L
 from .anatomy import load_anatomy
 from .framing import make_frame, sample_points, sample_view
 from .render import blend_lesion, degrade, jpeg, render_tissues, sample_contrast
-from .structures import add_bright_structures, vary_anatomy
+from .structures import add_bright_structures, periventricular_band, vary_anatomy
 
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 PHANTOMS = ("glioma", "meningioma")
-GENERATOR_VERSION = "1.2"
+GENERATOR_VERSION = "1.3"
 # A slice is labelled with a tumour only when the tumour is visible in it, as in the clinical
 # sets we target, where the chosen slice shows the lesion. Below these floors the label is
 # noise: on generator 1.0 data the model got glioma and meningioma sections under 200 mm^2
@@ -85,15 +85,20 @@ def _compose(rng, anat, label, size):
         coords = L.mass_effect(coords, les.center, les.radius, les.push)
         labels = sample_points(anat, coords)
     base = labels
-    labels = vary_anatomy(rng, labels, frame.mm_per_px)
+    labels, anatomy = vary_anatomy(rng, labels, frame.mm_per_px)
     labels = add_bright_structures(rng, labels, coords, frame.mm_per_px, label)
     t1 = sample_points(anat, coords, order=1)
     contrast, mu, roles = sample_contrast(rng, label)
     native = (labels == base) & np.isin(labels, L.BRAIN)
     img = render_tissues(rng, labels, t1, mu, native, coords[2])
+    # Normal periventricular signal on fluid-sensitive looks, in every class alike.
+    if rng.random() < {"t2": 0.7, "flair": 0.8, "random": 0.3}.get(contrast, 0.0):
+        band = periventricular_band(rng, labels, frame.mm_per_px) * rng.uniform(0.3, 0.8)
+        img = img * (1.0 - band) + band * roles["oedema"]
+        anatomy["periventricular"] = True
     mask = np.zeros(labels.shape, bool)
     meta: dict = {"plane": view.plane, "slice_mm": round(view.offset_mm, 2), "contrast": contrast,
-                  "mm_per_px": round(frame.mm_per_px, 4)}
+                  "mm_per_px": round(frame.mm_per_px, 4), **anatomy}
     if les is not None:
         # Mass effect is centred on the lesion, so the planned sections stay where they were.
         les = L.draw(rng, les, labels, sections=sections)

@@ -82,12 +82,18 @@ def plan_glioma(rng, labels, mm_px) -> Lesion | None:
     depth = ndi.distance_transform_edt(brain)
     radius = rng.uniform(8.0, 25.0) / mm_px
     radius = min(radius, max(depth.max() * 0.9, 4.0 / mm_px))
-    c = (_pick(rng, (labels == WM) & (depth > radius))
-         or _pick(rng, np.isin(labels, (GM, WM)) & (depth > radius))
+    # Since generator 1.3 a quarter are cortico-subcortical (centre half a radius deep):
+    # real gliomas often reach the cortex (a peripheral temporal glioma was read as
+    # meningioma on real slices). They are drawn as gliomas are: infiltrative, with oedema,
+    # no dural tail; telling them from a meningioma is the model's job, not the generator's.
+    site = "cortical" if rng.random() < 0.25 else "deep"
+    floor = radius * (0.5 if site == "cortical" else 1.0)
+    c = (_pick(rng, (labels == WM) & (depth > floor))
+         or _pick(rng, np.isin(labels, (GM, WM)) & (depth > floor))
          or _pick(rng, np.isin(labels, (GM, WM))))
     if c is None:
         return None
-    return Lesion("glioma", c, radius, rng.uniform(0.15, 0.55))
+    return Lesion("glioma", c, radius, rng.uniform(0.15, 0.55), info={"site": site})
 
 
 def plan_meningioma(rng, labels, coords, mm_px) -> Lesion | None:

@@ -54,6 +54,15 @@ def sample_contrast(rng: np.random.Generator, kind: str) -> tuple[str, np.ndarra
         roles = {r: float(np.clip(v + rng.normal(0, 0.07), 0.02, 1.0)) for r, v in rl.items()}
         if kind == "pituitary" and rng.random() < 0.3:  # sometimes avidly enhancing
             roles["pit"] = float(np.clip(roles["pit"] + 0.2, 0, 1))
+        if name == "t1c" and rng.random() < 0.4:
+            # Dark post-contrast exports (generator 1.3): scalp fat, vessels and enhancement
+            # set the window, so the brain and non-enhancing tissue sit low in the range.
+            # Real gliomas missed as "notumor" were such slices.
+            f = rng.uniform(0.5, 0.85)
+            mu[[1, 2, 3, 4, 5]] *= f
+            for r in ("oedema", "nonenh", "necrosis"):
+                roles[r] *= f
+            name = "t1c-dark"
     for r, ref in _REFERENCE.items():  # a tumour that matches its surroundings is label noise
         if r in ("oedema", "necrosis"):
             continue

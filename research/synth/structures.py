@@ -10,23 +10,62 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .anatomy import CSF, EXTCSF, GM, SELLA, VENT, VESSEL, WM
+from .framing import smooth_field
 
 _BRAIN = (CSF, VENT, GM, WM)
 
 
-def vary_anatomy(rng: np.random.Generator, labels: np.ndarray, mm_px: float) -> np.ndarray:
-    """Enlarge ventricles and widen sulci (atrophy) by a random amount."""
+def vary_anatomy(rng: np.random.Generator, labels: np.ndarray, mm_px: float) -> tuple[np.ndarray, dict]:
+    """Another brain on the same template: ventricles from slit-like to hydrocephalic, and
+    sulci widened by atrophy, by random amounts drawn the same way for every class.
+
+    Generator 1.2 only ever enlarged the ventricles by up to ~3 mm, so a real normal brain
+    with large ventricles fell outside everything the model had seen and was read as a
+    glioma (issue 12's real-slice review). Since 1.3 a fifth of the slices have slit
+    ventricles, a quarter large ones (4-12 mm of dilation: the frontal horns balloon)."""
     labels = labels.copy()
     vent = labels == VENT
-    n_v = int(round(rng.uniform(0, 4.0) ** 1.3 / max(mm_px, 0.3) / 2))
-    if n_v and vent.any():
-        grown = ndi.binary_dilation(vent, iterations=n_v) & np.isin(labels, (GM, WM, CSF))
-        labels[grown] = VENT
-    if rng.random() < 0.5:
+    u = rng.random()
+    grade = "slit" if u < 0.2 else "large" if u > 0.75 else "normal"
+    if vent.any():
+        if grade == "slit":
+            n = max(1, int(round(rng.uniform(0.5, 2.0) / max(mm_px, 0.3))))
+            kept = ndi.binary_erosion(vent, iterations=n)
+            labels[vent & ~kept] = WM
+        else:
+            mm = rng.uniform(4.0, 12.0) if grade == "large" else rng.uniform(0, 4.0) ** 1.3 / 2
+            n = int(round(mm / max(mm_px, 0.3)))
+            if n:
+                grown = ndi.binary_dilation(vent, iterations=n) & np.isin(labels, (GM, WM, CSF))
+                labels[grown] = VENT
+    atrophy = rng.random() < 0.5
+    if atrophy:
         csf = labels == CSF
-        iters = int(rng.integers(1, 3))
+        iters = int(rng.integers(1, 4))
         labels[ndi.binary_dilation(csf, iterations=iters) & (labels == GM)] = CSF
-    return labels
+    return labels, {"ventricles": grade, "atrophy": bool(atrophy)}
+
+
+def periventricular_band(rng: np.random.Generator, labels: np.ndarray, mm_px: float) -> np.ndarray:
+    """Soft weight (0..1) of normal periventricular signal: a thin band of white matter along
+    the ventricles, thicker at the horns, plus a few small punctate foci in white matter.
+
+    On T2 and FLAIR these are bright in healthy and ageing brains alike; a model that never
+    saw them reads any bright periventricular rim as oedema, i.e. as glioma."""
+    vent = labels == VENT
+    wm = labels == WM
+    out = np.zeros(labels.shape, np.float32)
+    if vent.any():
+        d = ndi.distance_transform_edt(~vent) * mm_px
+        width = rng.uniform(1.5, 5.0) * (1.0 + 0.6 * smooth_field(rng, labels.shape, 6)[0])
+        out = np.clip(1.0 - d / np.maximum(width, 0.5), 0.0, 1.0) * wm
+    idx = np.flatnonzero(wm)
+    if idx.size:
+        dots = np.zeros(labels.shape, bool)
+        dots.flat[idx[rng.integers(idx.size, size=int(rng.integers(0, 8)))]] = True
+        dots = ndi.binary_dilation(dots, iterations=max(1, int(rng.uniform(1.0, 3.0) / mm_px)))
+        out = np.maximum(out, ndi.gaussian_filter(dots.astype(np.float32), 0.8) * wm)
+    return out.astype(np.float32)
 
 
 def _curve(rng: np.random.Generator, start, length: int, step: float) -> np.ndarray:
