@@ -25,6 +25,8 @@ from PIL import Image
 
 from research import metrics as M
 from research.train import list_folder
+from research.transfer import to_markdown as transfer_markdown
+from research.transfer import transfer_report
 from shared.imaging import decode_image
 from shared.preprocessing import preprocess_with_box, to_original_frame
 
@@ -41,7 +43,8 @@ def _mask_for(data: Path, image_path: Path) -> np.ndarray | None:
 
 
 def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
-                    update_card: bool = False, with_ood: bool = True) -> dict[str, Any]:
+                    update_card: bool = False, with_ood: bool = True,
+                    with_transfer: bool = True) -> dict[str, Any]:
     """All metrics for one model on one folder; see the module docstring."""
     from worker.gate import assess
     from worker.inference import logits_batch, run_batch
@@ -100,6 +103,7 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
     manifest = data / "manifest.json"
     source = json.loads(manifest.read_text()) if manifest.is_file() else {}
     correct = all_logits.argmax(axis=1) == labels
+    transfer = transfer_report(data, model) if with_transfer else None
     strata = accuracy_strata(source, [f.relative_to(data).as_posix() for f in files], correct)
     report = {
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256,
@@ -110,6 +114,7 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         "localisation": localisation,
         "gate": gate,
         "accuracy_by": strata,
+        "transfer": transfer,
         "seconds": round(seconds, 1),
     }
     report["summary"] = {
@@ -122,6 +127,8 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         "energy_inside_lesion": localisation["energy_inside_lesion"],
         "gate_false_reject_rate": gate["false_reject_rate"],
         "ood_catch_rate": gate.get("catch_rate"),
+        "transfer_proxy": transfer["shifts"]["proxy_mean"] if transfer else None,
+        "real_normal_notumor_rate": transfer["real_normal"]["notumor_rate"] if transfer else None,
     }
     report["goals"] = goals_met(report["summary"])
     if update_card:
@@ -147,7 +154,9 @@ def accuracy_strata(manifest: dict[str, Any], paths: list[str], correct: np.ndar
 
     groups: dict[str, list[str | None]] = {"plane": of("plane"), "contrast": of("contrast"),
                                            "glioma grade": of("grade", "glioma"),
-                                           "meningioma site": of("site", "meningioma")}
+                                           "glioma site": of("site", "glioma"),
+                                           "meningioma site": of("site", "meningioma"),
+                                           "ventricles": of("ventricles")}
     cuts: dict[str, list[float]] = {}
     for kind in ("glioma", "meningioma", "pituitary"):
         groups[f"{kind} size"], cuts[kind] = M.size_terciles(of("lesion_mm2", kind))
@@ -201,6 +210,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         *[f"| {c} | {v['n']} | {v['pointing_game']:.4f} | {v['energy_inside_lesion']:.4f} |"
           for c, v in loc["per_class"].items()], "",
         *_strata_markdown(report.get("accuracy_by") or {}),
+        *(transfer_markdown(report["transfer"]) if report.get("transfer") else []),
         "## Input gate", "",
         f"False-reject rate on this set: {_fmt(report['gate']['false_reject_rate'])}; "
         f"catch rate on the out-of-distribution set: {_fmt(report['gate'].get('catch_rate'))} "

@@ -155,10 +155,12 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 MAX_ROTATION = math.radians(11.0)
 
 
-def flip_and_rotate(images: Any, mirror: Any, angle: Any, out_size: int | None = None) -> Any:
+def flip_and_rotate(images: Any, mirror: Any, angle: Any, out_size: int | None = None,
+                    zoom: Any = None) -> Any:
     """Resample (N,H,W,C) images once: mirrored left-right where `mirror` is -1, rotated by
-    `angle` (radians) about the centre and, when `out_size` is given, scaled to out_size x
-    out_size; bilinear, zeros outside (air).
+    `angle` (radians) about the centre, magnified by `zoom` (per image; < 1 shrinks the head
+    in the frame) and, when `out_size` is given, scaled to out_size x out_size; bilinear,
+    zeros outside (air).
 
     One projective resampling instead of a flip, a rotation and a resize: on two cores the
     augmentation shares the CPU with the training step, so every full-batch pass counts."""
@@ -170,6 +172,8 @@ def flip_and_rotate(images: Any, mirror: Any, angle: Any, out_size: int | None =
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
     ox, oy = (ow - 1.0) / 2.0, (oh - 1.0) / 2.0
     sx, sy = w / ow, h / oh  # input pixels per output pixel
+    if zoom is not None:
+        sx, sy = sx / zoom, sy / zoom
     cos, sin = tf.cos(angle), tf.sin(angle)
     # Output pixel (x, y) reads input R(angle) @ diag(mirror, 1) @ S @ ((x, y) - o) + c.
     transforms = tf.stack([cos * mirror * sx, -sin * sy, cx - cos * mirror * sx * ox + sin * sy * oy,
@@ -178,6 +182,34 @@ def flip_and_rotate(images: Any, mirror: Any, angle: Any, out_size: int | None =
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=out_shape,
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+ZOOM = (0.8, 1.1)
+CURVE_KNOTS = 6
+
+
+def random_intensity_curve(x: Any, share: float = 0.6) -> Any:
+    """A random monotone piecewise-linear intensity mapping per image (knots at even input
+    levels, increments drawn from a flat Dirichlet), applied to a share of the batch.
+
+    Scanner, sequence and export differ in how tissue intensities are spaced, not only in an
+    overall gamma; a network that has seen arbitrary monotone remappings of the same anatomy
+    leans less on absolute grey levels (the histogram randomisation of SynthSeg-style
+    training, here at train time)."""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    steps = -tf.math.log(tf.random.uniform([n, CURVE_KNOTS], 1e-6, 1.0))  # Dirichlet(1,...,1)
+    knots = tf.concat([tf.zeros([n, 1]), tf.cumsum(steps, axis=1) / tf.reduce_sum(steps, 1, keepdims=True)], 1)
+    pos = x * CURVE_KNOTS
+    i = tf.clip_by_value(tf.cast(tf.floor(pos), tf.int32), 0, CURVE_KNOTS - 1)
+    frac = pos - tf.cast(i, tf.float32)
+    flat = tf.reshape(i, [n, -1])
+    lo = tf.reshape(tf.gather(knots, flat, batch_dims=1), tf.shape(x))
+    hi = tf.reshape(tf.gather(knots, flat + 1, batch_dims=1), tf.shape(x))
+    curved = lo + frac * (hi - lo)
+    use = tf.cast(tf.random.uniform([n, 1, 1, 1]) < share, tf.float32)
+    return use * curved + (1.0 - use) * x
 
 
 def _augmenter(downsampling: int, out_size: int | None = None):  # noqa: ANN202 - a tf.data map function
@@ -191,10 +223,15 @@ def _augmenter(downsampling: int, out_size: int | None = None):  # noqa: ANN202 
         n = tf.shape(both)[0]
         # Left-right flip (only: the skull base stays below) and a rotation, in one resampling.
         mirror = tf.where(tf.random.uniform([n]) < 0.5, -1.0, 1.0)
-        both = flip_and_rotate(both, mirror, tf.random.uniform([n], -MAX_ROTATION, MAX_ROTATION), out_size)
+        # Head size in the frame: the crop to the head leaves 0.8-1.1 of it (skull margins,
+        # neck, head shape differ between patients and exports).
+        zoom = tf.exp(tf.random.uniform([n], math.log(ZOOM[0]), math.log(ZOOM[1])))
+        both = flip_and_rotate(both, mirror, tf.random.uniform([n], -MAX_ROTATION, MAX_ROTATION), out_size,
+                               zoom=zoom)
         x, m = both[..., :1], both[..., 1:]
+        x = random_intensity_curve(tf.clip_by_value(x, 0.0, 1.0))
         gamma = tf.exp(tf.random.uniform([n, 1, 1, 1], -0.3, 0.3))
-        x = tf.clip_by_value(x, 0.0, 1.0) ** gamma
+        x = x ** gamma
         x = x * tf.random.uniform([n, 1, 1, 1], 0.85, 1.15) + tf.random.uniform([n, 1, 1, 1], -0.05, 0.05)
         x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform([n, 1, 1, 1], 0.0, 0.03)
         k = downsampling
@@ -474,7 +511,8 @@ def train_model(opts: TrainOptions) -> Path:
         "final_learning_rate": float(np.asarray(trainer.optimizer.learning_rate)),
         "precision": "mixed bfloat16 (float32 variables; served in float32)" if precision == "bfloat16"
                      else "float32",
-        "augmentation": "left-right flip, rotation ±11°, gamma, contrast/brightness, Gaussian noise",
+        "augmentation": "left-right flip, rotation ±11°, zoom 0.8-1.1, random monotone intensity curve (60%), "
+                        "gamma, contrast/brightness, Gaussian noise",
         "test_time_augmentation": "mirror (logits averaged; temperature fitted on them)" if opts.mirror else "none",
         "lesion_supervision": (f"auxiliary 1x1-conv lesion maps (one per tumour kind) on {config.cam_layer}, class-balanced BCE, "
                                f"weight {opts.lesion_weight:g} (training only)") if masks is not None else None,

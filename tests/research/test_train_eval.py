@@ -221,3 +221,36 @@ def test_train_cli_on_two_folders_records_both(dataset: Path, tmp_path: Path) ->
     assert {w.dtype for w in model.model.weights} == {"float32"}
     assert model.model.get_layer("logits").compute_dtype == "float32"
     assert model.model.get_layer("block3_1_conv").compute_dtype == "float32"
+
+
+def test_flip_and_rotate_zoom_shrinks_about_the_centre() -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from research.train import flip_and_rotate
+
+    square = np.zeros((1, 33, 33, 1), np.float32)
+    square[0, 8:25, 8:25] = 1.0  # 17 px wide, centred
+    images = tf.constant(square)
+    ones, zeros = tf.ones([1]), tf.zeros([1])
+    np.testing.assert_array_equal(flip_and_rotate(images, ones, zeros, zoom=ones).numpy(), square)
+    half = flip_and_rotate(images, ones, zeros, zoom=tf.fill([1], 0.5)).numpy()[0, ..., 0]
+    rows = np.flatnonzero(half[:, 16] > 0.5)
+    assert rows.min() >= 11 and rows.max() <= 21 and abs(rows.mean() - 16) < 0.6  # half as wide, centred
+
+
+def test_random_intensity_curve_is_monotone_and_keeps_black_and_white() -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from research.train import random_intensity_curve
+
+    tf.random.set_seed(7)
+    ramp = np.linspace(0.0, 1.0, 101, dtype=np.float32)
+    x = tf.constant(np.tile(ramp[None, :, None, None], (16, 1, 1, 1)))
+    out = random_intensity_curve(x, share=1.0).numpy()[..., 0, 0]
+    assert np.all(np.diff(out, axis=1) >= -1e-6)  # monotone: anatomy keeps its order
+    np.testing.assert_allclose(out[:, 0], 0.0, atol=1e-6)  # air stays black
+    np.testing.assert_allclose(out[:, -1], 1.0, atol=1e-5)
+    assert np.abs(out - ramp).max() > 0.05  # and it does remap the levels
+    np.testing.assert_array_equal(random_intensity_curve(x, share=0.0).numpy(), x.numpy())
