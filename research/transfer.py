@@ -11,10 +11,10 @@ model (section "Transfer proxy" of the report):
    annotations in the corners, heavy Rician-like noise and a head at half the frame padded
    by black. The proxy score is the mean accuracy over the shifts; the "worst shift" says
    where a model breaks.
-2. **Real normal brain MR that packages ship**: every slice must read `notumor`. Today that
-   is pydicom's `MR_small.dcm` family (one real 64x64 head slice in several encodings), the
-   only licensed real brain MR on our machines; it is a smoke test of specificity, not a
-   statistic.
+2. **Real normal brain MR that packages ship** (pydicom's and nibabel's test data: a 64 px
+   head crop, EPI slices and mosaics, an angiogram projection, a T1 map): every slice the gate
+   accepts must read `notumor`. None is a clinical structural slice and there are a handful,
+   so this is a smoke test of specificity, not a statistic.
 
 What it cannot say: whether anatomy the generator never drew (another head than Colin27)
 or real tumour appearance transfer. docs/model.md says which change moved which figure.
@@ -133,24 +133,17 @@ def shift_accuracy(data: Path, model: Any, *, limit: int = 800, seed: int = 0) -
 
 
 def real_normal_brains(model: Any) -> dict[str, Any]:
-    """Real normal head MR that packages ship: each must read notumor."""
-    from pydicom.data import get_testdata_file
+    """Real brain MR that packages ship (research.ood.real_mr_set, Colin27 left out: it is the
+    generator's own anatomy), through the serving path with its gate: each slice the gate
+    accepts must read notumor."""
+    from research.ood import real_mr_set
+    from worker.inference import analyse
 
-    from worker.inference import logits_batch
-
-    names = ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_jp2klossless.dcm")
-    results = {}
-    for name in names:
-        path = get_testdata_file(name)
-        if path is None:
-            continue
-        try:
-            decoded = decode_image(Path(path).read_bytes())
-        except Exception as exc:  # noqa: BLE001 - an encoding our decoder lacks is reported, not fatal
-            results[name] = {"error": type(exc).__name__}
-            continue
-        logits = logits_batch(model, preprocess(decoded.pixels, model.input_size)[np.newaxis])[0]
-        results[name] = {"label": model.classes[int(np.argmax(logits))]}
+    items = [(name, img) for name, img, brain in real_mr_set() if brain and not name.startswith("mricron:")]
+    results: dict[str, dict[str, Any]] = {}
+    for (name, _), analysis in zip(items, analyse([img for _, img in items], model), strict=True):
+        results[name] = ({"label": analysis.label, "confidence": round(float(analysis.confidence), 3)}
+                         if analysis.gate.accepted else {"rejected": analysis.gate.reason})
     read = [r for r in results.values() if "label" in r]
     return {"images": results, "n": len(read),
             "notumor_rate": float(np.mean([r["label"] == "notumor" for r in read])) if read else None}
@@ -163,7 +156,8 @@ def transfer_report(data: Path, model: Any, *, limit: int = 800) -> dict[str, An
 def to_markdown(section: dict[str, Any]) -> list[str]:
     sh, real = section["shifts"], section["real_normal"]
     rate = "n/a" if real["notumor_rate"] is None else f"{real['notumor_rate']:.2f}"
-    seen = ", ".join(f"{k}: {v.get('label', v.get('error'))}" for k, v in real["images"].items())
+    seen = "; ".join(f"{k}: {v.get('label', 'gate: ' + str(v.get('rejected')))}"
+                     for k, v in real["images"].items())
     return [
         "## Transfer proxy", "",
         f"Held-out acquisition shifts on {sh['n']} test slices (research/transfer.py); no training run "
