@@ -52,6 +52,8 @@ def train(
         help="Progressive resizing: share of the time budget (of the epochs, without one) trained on "
              "smaller images first (0: off).", min=0.0, max=0.9)] = 0.0,
     low_res_size: Annotated[int, typer.Option(help="Image side of that first phase, in pixels.")] = 96,
+    patience: Annotated[int, typer.Option(
+        help="Early stopping: epochs without a better validation loss before training ends.", min=1)] = 4,
 ) -> None:
     """Train the CNN on a folder of images; writes weights + model card (with temperature)."""
     from research.train import TrainOptions, train_model
@@ -63,7 +65,7 @@ def train(
                         name=name, tiny=tiny, time_budget_s=time_budget_min * 60 or None,
                         learning_rate=learning_rate, lesion_weight=lesion_weight, init_from=init_from,
                         mirror=mirror, precision=precision, low_res_share=low_res_share,
-                        low_res_size=low_res_size)
+                        low_res_size=low_res_size, patience=patience)
     path = train_model(opts)
     typer.echo(f"saved {path}")
 
