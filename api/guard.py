@@ -34,7 +34,8 @@ def body_limit(scope: Scope, settings: Settings) -> int:
 def _needs_key(scope: Scope) -> bool:
     path: str = scope["path"]
     # CORS preflights carry no credentials by design; the CORS middleware answers them.
-    return (path == "/v1" or path.startswith("/v1/")) and scope["method"] != "OPTIONS"
+    return ((path == "/v1" or path.startswith(("/v1/", "/dicomweb/")))
+            and scope["method"] != "OPTIONS")
 
 
 def _too_large(limit: int) -> Any:

@@ -13,7 +13,7 @@ from starlette.formparsers import MultiPartParser
 
 from api.errors import install_error_handlers
 from api.guard import RequestGuard
-from api.routes import batches, events, health, me, media, reports, scans, web
+from api.routes import batches, dicomweb, events, health, me, media, reports, scans, series, web
 from shared.db.session import async_engine
 from shared.settings import get_settings
 
@@ -40,6 +40,8 @@ _ROUTERS: list[APIRouter] = [
     media.router,
     reports.router,
     web.router,
+    series.router,
+    dicomweb.router,
 ]
 
 

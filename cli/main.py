@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import client, model, service
+from cli import client, dicom, model, service
 
 app = typer.Typer(
     name="neuroscan",
@@ -25,6 +25,7 @@ app.command("worker")(service.worker)
 app.command("migrate")(service.migrate)
 app.command("requeue")(service.requeue)
 app.add_typer(service.keys_app, name="keys")
+app.command("dicom-listen")(dicom.dicom_listen)
 
 # Model: data, training, evaluation, offline prediction.
 app.command("synth")(model.synth)

@@ -14,7 +14,8 @@ apt_install() {
 have_pkg() { dpkg -s "$1" >/dev/null 2>&1; }
 
 missing=()
-for pkg in mricron-data chromium poppler-utils; do
+# orthanc + orthanc-dicomweb: the PACS the DICOM tests start on loopback (their own config).
+for pkg in mricron-data chromium poppler-utils orthanc orthanc-dicomweb; do
   have_pkg "$pkg" || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

@@ -12,6 +12,7 @@ from shared.settings import Settings
 
 PROCESS_SCANS = "neuroscan.process_scans"
 DELIVER_WEBHOOK = "neuroscan.deliver_webhook"
+FINALIZE_SERIES = "neuroscan.finalize_series"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -12,10 +12,21 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlparse
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
+
+
+class DicomTenant(BaseModel):
+    """One tenant's DICOM networking: its AE title, who may send, where results go back."""
+
+    tenant: str
+    ae_title: str = "NEUROSCAN"
+    calling_aes: list[str] = []
+    destination_url: str | None = None
+    # Extra headers for the destination (e.g. {"Authorization": "Basic ..."}).
+    destination_headers: dict[str, str] = {}
 
 
 class Settings(BaseSettings):
@@ -81,6 +92,23 @@ class Settings(BaseSettings):
     # --- DICOM and de-identification ----------------------------------------------------
     allowed_modalities: list[str] = ["MR"]
     allow_burned_in_annotation: bool = False
+
+    # --- DICOM networking and results back into the PACS (docs/hospital.md) -------------
+    # Per tenant: the AE title the C-STORE receiver answers as, the calling AE titles it
+    # accepts, and where series results go back (a DICOMweb base URL; STOW-RS to /studies).
+    # JSON, e.g. [{"tenant": "St Mary's", "ae_title": "NEUROSCAN", "calling_aes": ["PACS"],
+    #   "destination_url": "https://pacs.example.org/dicom-web"}]
+    dicom_tenants: list[DicomTenant] = []
+    dicom_port: int = 11112
+    dicom_host: str = "127.0.0.1"
+    # A series is complete this long after its last instance arrived (or at POST
+    # /v1/series/{id}/complete); its finding is computed once its slices are final.
+    dicom_series_settle_s: float = Field(default=30.0, ge=0.0)
+    # Encrypts the re-identification records (the original study/series/instance UIDs, kept
+    # only to file results under the original study); per-tenant keys are derived from it.
+    # Unset: derived from SECRET_KEY. Records are deleted this long after the series arrived.
+    dicom_reid_key: str | None = None
+    dicom_reid_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     # --- model and worker ---------------------------------------------------------------
     model_dir: Path = Path("./models")

@@ -12,5 +12,5 @@ from celery import Celery
 from shared.queue import celery_config
 from shared.settings import get_settings
 
-app = Celery("neuroscan", include=["worker.tasks", "worker.webhook_tasks"])
+app = Celery("neuroscan", include=["worker.tasks", "worker.webhook_tasks", "worker.series_tasks"])
 app.conf.update(celery_config(get_settings()))
