@@ -10,16 +10,16 @@ Exits 1 with a summary table when any file was rejected or any scan failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"PK\x03\x04")
-_RETRIES = 5
-_FINAL = ("succeeded", "failed")
+from neuroscan.client import FINAL, Client, NeuroScanError, collect_files, is_submittable
+
+__all__ = ["collect_files", "is_submittable", "submit"]
 
 
 @dataclass
@@ -33,79 +33,40 @@ class Outcome:
         return sum(1 for s in self.scans.values() if s["state"] == state)
 
 
-def is_submittable(path: Path) -> bool:
-    """PNG, JPEG, ZIP by their first bytes; DICOM by "DICM" after the 128-byte preamble."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head.startswith(_MAGIC) or head[128:132] == b"DICM"
-
-
-def collect_files(paths: Sequence[Path]) -> list[Path]:
-    """Files named directly plus every submittable file under named folders, sorted, unique."""
-    found: list[Path] = []
-    for path in paths:
-        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        found += [p for p in candidates if is_submittable(p) and p not in found]
-    return found
-
-
 def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def _request(client: Any, method: str, url: str, **kwargs: Any) -> Any:
-    """One call with retries on connection errors and 5xx (exponential backoff)."""
-    import httpx
-
-    for attempt in range(_RETRIES):
-        try:
-            response = client.request(method, url, **kwargs)
-        except httpx.TransportError:
-            if attempt == _RETRIES - 1:
-                raise
-        else:
-            if response.status_code < 500 or attempt == _RETRIES - 1:
-                return response
-        time.sleep(min(2.0**attempt * 0.5, 10.0))
-    raise AssertionError("unreachable")
-
-
-def upload(client: Any, files: list[Path], chunk_size: int, callback_url: str | None,
+def upload(client: Client, files: list[Path], chunk_size: int, callback_url: str | None,
            outcome: Outcome, on_progress: Any) -> None:
-    """POST /v1/batches per chunk; accepted IDs and per-file rejections go into `outcome`."""
+    """One batch per chunk; accepted IDs and per-file rejections go into `outcome`."""
     for chunk in _chunks(files, chunk_size):
-        parts = [("files", (p.name, p.read_bytes())) for p in chunk]
-        data = {"callback_url": callback_url} if callback_url else None
-        response = _request(client, "POST", "/v1/batches", files=parts, data=data)
-        body = response.json() if response.headers.get("content-type", "").startswith(
-            "application/json") else {}
-        if response.status_code == 202:
-            outcome.batch_ids.append(body["id"])
-            outcome.scan_ids += body["scan_ids"]
-            outcome.rejected += body.get("rejected", [])
-        elif response.status_code == 422 and "rejected" in body:
-            outcome.rejected += body["rejected"]
+        try:
+            batch = client.submit_batch(chunk, callback_url=callback_url)
+        except NeuroScanError as exc:
+            if exc.status == 422 and isinstance(exc.body, dict) and "rejected" in exc.body:
+                outcome.rejected += exc.body["rejected"]
+            else:
+                raise typer.BadParameter(f"the service answered {exc.status}: {exc.message}") \
+                    from exc
         else:
-            error = body.get("error", {}) if isinstance(body, dict) else {}
-            raise typer.BadParameter(f"the service answered {response.status_code}: "
-                                     f"{error.get('message') or response.text[:200]}")
+            outcome.batch_ids.append(batch.id)
+            outcome.scan_ids += batch.scan_ids
+            outcome.rejected += batch.rejected
         on_progress(len(chunk))
 
 
-def follow(client: Any, outcome: Outcome, timeout_s: float, on_progress: Any) -> None:
+def follow(client: Client, outcome: Outcome, timeout_s: float, on_progress: Any) -> None:
     """Poll the batches until every scan is final (or the timeout passes)."""
     deadline = time.monotonic() + timeout_s
     pending = list(outcome.batch_ids)
     while pending:
         for batch_id in list(pending):
-            body = _request(client, "GET", f"/v1/batches/{batch_id}").raise_for_status().json()
-            for scan in body["scans"]:
-                outcome.scans[scan["id"]] = scan
-            if body["done"]:
+            batch = client.batch(batch_id)
+            for scan in batch.scans:
+                outcome.scans[scan.id] = scan.raw
+            if batch.done:
                 pending.remove(batch_id)
         on_progress()
         if pending and time.monotonic() > deadline:
@@ -114,33 +75,27 @@ def follow(client: Any, outcome: Outcome, timeout_s: float, on_progress: Any) ->
             time.sleep(1.0)
 
 
-def write_outputs(client: Any, outcome: Outcome, out: Path) -> None:
+def write_outputs(client: Client, outcome: Outcome, out: Path) -> None:
     """Per final scan: JSON, FHIR JSON, heatmap and overlay PNGs, PDF report."""
-    import httpx
-
     out.mkdir(parents=True, exist_ok=True)
-    # Image links are signed and may point at another host: never send them the API key.
-    with httpx.Client(timeout=120.0) as plain:
-        for scan_id in outcome.scan_ids:
-            _write_scan(client, plain, scan_id, outcome, out)
+    for scan_id in outcome.scan_ids:
+        _write_scan(client, scan_id, outcome, out)
 
 
-def _write_scan(client: Any, plain: Any, scan_id: str, outcome: Outcome, out: Path) -> None:
+def _write_scan(client: Client, scan_id: str, outcome: Outcome, out: Path) -> None:
     import json
 
-    scan = _request(client, "GET", f"/v1/scans/{scan_id}").raise_for_status().json()
+    scan = client.scan(scan_id).raw
     outcome.scans[scan_id] = scan
     (out / f"{scan_id}.json").write_text(json.dumps(scan, indent=2), encoding="utf-8")
-    if scan["state"] not in _FINAL:
+    if scan["state"] not in FINAL:
         return
-    fhir = _request(client, "GET", f"/v1/scans/{scan_id}/fhir").raise_for_status()
-    (out / f"{scan_id}.fhir.json").write_text(json.dumps(fhir.json(), indent=2), encoding="utf-8")
-    pdf = _request(client, "GET", f"/v1/scans/{scan_id}/report.pdf").raise_for_status()
-    (out / f"{scan_id}.pdf").write_bytes(pdf.content)
+    (out / f"{scan_id}.fhir.json").write_text(json.dumps(client.fhir(scan_id), indent=2),
+                                              encoding="utf-8")
+    (out / f"{scan_id}.pdf").write_bytes(client.report_pdf(scan_id))
     for key, suffix in (("heatmap_url", "heatmap"), ("overlay_url", "overlay")):
         if scan.get(key):
-            image = _request(plain, "GET", scan[key]).raise_for_status()
-            (out / f"{scan_id}.{suffix}.png").write_bytes(image.content)
+            (out / f"{scan_id}.{suffix}.png").write_bytes(client.download(scan[key]))
 
 
 def _summary(outcome: Outcome, waited: bool) -> Any:
@@ -173,7 +128,6 @@ def submit(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
 ) -> None:
     """Submit PNG, JPEG, DICOM or ZIP files (folders are walked) as batches."""
-    import httpx
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -188,8 +142,7 @@ def submit(
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("accepted {task.fields[accepted]}  done {task.fields[done]}  "
                           "failed {task.fields[failed]}"))
-    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {api_key}"},
-                      timeout=120.0) as client, \
+    with Client(api_url, api_key) as client, \
             Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("uploading", total=len(files), accepted=0, done=0, failed=0)
 

@@ -23,6 +23,7 @@ concepts have no standard codes we can vouch for, so they use the private scheme
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from shared.labels import CLASSES, DISPLAY_NAMES
 from shared.reports.card import DISCLAIMER
+
+# highdicom logs the UIDs of the datasets it copies from at INFO: the original UIDs must
+# never reach a log.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 MANUFACTURER = "NeuroScan"
 _SCHEME = "99NEUROSC"

@@ -147,5 +147,6 @@ async def complete_series(series: SeriesDep, session: SessionDep,
             DicomSeries.id == series_id, DicomSeries.completed_at.is_(None))
             .values(completed_at=utcnow()))
     await run_in_threadpool(series_intake.schedule_finalize, [series_id], 0)
-    await session.refresh(series)
-    return await read_series(series, session, sign_url)
+    fresh = await session.get(DicomSeries, series_id, populate_existing=True)
+    assert fresh is not None  # a series is never deleted while its tenant exists
+    return await read_series(fresh, session, sign_url)

@@ -204,3 +204,27 @@ def test_stow_rs_answer_and_auth(pacs: tuple[LiveStack, orthanc_support.Orthanc,
     with stack.client(api_key="nsk_wrong") as client:
         assert client.post("/dicomweb/studies", content=body,
                            headers={"Content-Type": ctype}).status_code == 401
+
+
+def test_client_library_dicomweb_series(pacs: tuple[LiveStack, orthanc_support.Orthanc, int],
+                                        tmp_path: Path) -> None:
+    """`neuroscan.client` against the live stack: STOW-RS a folder, wait for the series."""
+    from neuroscan.client import Client, NeuroScanError
+
+    stack, orthanc, _ = pacs
+    files, phi = _series("CLIENT", slices=2)
+    for k, data in enumerate(files):
+        (tmp_path / f"slice{k}.dcm").write_bytes(data)
+        orthanc.upload(data)  # the PACS has the study the results are filed under
+    with Client(stack.base_url, stack.api_key) as ns:
+        stow = ns.submit_dicomweb([tmp_path])
+        assert stow.status == 200 and len(stow.stored) == 2 and len(stow.series_ids) == 1
+        series = ns.wait_series(stow.series_ids[0], complete=True, delivered=True, timeout=300)
+        assert series.state == "succeeded" and series.label is not None
+        assert series.delivery_state == "delivered"
+        assert series.key_scan_id in {s["scan_id"] for s in series.slices}
+        assert ns.scan(series.key_scan_id).done
+    with Client(stack.base_url, "nsk_wrong", retries=1) as ns, \
+            pytest.raises(NeuroScanError) as err:
+        ns.series(stow.series_ids[0])
+    assert err.value.status == 401 and err.value.code == "unauthorized"

@@ -1,0 +1,1 @@
+"""NeuroScan's importable client side: `from neuroscan.client import Client`."""
