@@ -159,30 +159,44 @@ def producer() -> Any:
     return make_producer(get_settings())
 
 
-# kombu's SQLAlchemy transport on SQLite (the embedded broker) has one writer too: the API's
-# sends go one at a time rather than contending for the broker file's lock.
-_broker_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+class _Sender:
+    """Sends the tasks of concurrent requests together (a group commit for the broker).
+
+    Requests that finish while a send is in flight wait for the next one, which carries all
+    their scan IDs at once (split into tasks of `worker_batch_size`): one broker write for many
+    uploads (kombu's SQLite transport has a single writer; Redis saves round trips) and fuller
+    batches for the worker. Each request still returns only after its own IDs were sent."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._pending: list[tuple[list[str], asyncio.Future[bool]]] = []
+
+    async def send(self, scan_ids: list[str], settings: Settings) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((scan_ids, done))
+        async with self._lock:
+            if not done.done():  # nobody took ours along while we waited: send all pending
+                group, self._pending = self._pending, []
+                ids = [i for group_ids, _ in group for i in group_ids]
+                try:
+                    await run_in_threadpool(enqueue_scans, producer(), ids,
+                                            settings.worker_batch_size)
+                    ok = True
+                except Exception:
+                    log.exception("could not enqueue %d scans; they stay queued for the "
+                                  "reconciler", len(ids))
+                    ok = False
+                for _, future in group:
+                    future.set_result(ok)
+        return done.result()
+
+
+# asyncio locks belong to the loop that made them: one sender per event loop.
+_senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sender] = \
     weakref.WeakKeyDictionary()
-
-
-def _broker_lock(settings: Settings) -> asyncio.Lock | None:
-    if not settings.broker_url.startswith("sqla+sqlite"):
-        return None
-    return _broker_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
 
 async def enqueue(scan_ids: list[str], settings: Settings) -> bool:
     """Send the tasks (after commit). A failure is logged, not raised: the scans are stored."""
-    lock = _broker_lock(settings)
-    try:
-        if lock is None:
-            await run_in_threadpool(enqueue_scans, producer(), scan_ids,
-                                    settings.worker_batch_size)
-        else:
-            async with lock:
-                await run_in_threadpool(enqueue_scans, producer(), scan_ids,
-                                        settings.worker_batch_size)
-    except Exception:
-        log.exception("could not enqueue %d scans; they stay queued for the sweep", len(scan_ids))
-        return False
-    return True
+    sender = _senders.setdefault(asyncio.get_running_loop(), _Sender())
+    return await sender.send(scan_ids, settings)

@@ -108,35 +108,57 @@ def create_sync_db_engine(url: str | None = None, *, immediate: bool = True) -> 
     return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
 
 
-@lru_cache(maxsize=8)
+# Cached by the resolved URL: `async_engine()` and `async_engine(None)` must be one engine
+# (one pool), whatever way a caller spells "the configured database".
 def async_engine(url: str | None = None) -> AsyncEngine:
     """The process's async engine for `url` (default: the configured database)."""
+    return _async_engine(url or get_settings().async_database_url)
+
+
+def sync_engine(url: str | None = None) -> Engine:
+    return _sync_engine(url or get_settings().sync_database_url)
+
+
+def async_session_factory(url: str | None = None) -> async_sessionmaker[AsyncSession]:
+    """Read sessions for the API (deferred transactions: readers never wait on SQLite)."""
+    return _async_session_factory(url or get_settings().async_database_url)
+
+
+def async_write_session_factory(url: str | None = None) -> async_sessionmaker[AsyncSession]:
+    """Sessions that will write: BEGIN IMMEDIATE on SQLite, plain sessions on PostgreSQL."""
+    return _async_write_session_factory(url or get_settings().async_database_url)
+
+
+def sync_session_factory(url: str | None = None) -> sessionmaker[Session]:
+    return _sync_session_factory(url or get_settings().sync_database_url)
+
+
+@lru_cache(maxsize=8)
+def _async_engine(url: str) -> AsyncEngine:
     return create_async_db_engine(url)
 
 
 @lru_cache(maxsize=8)
-def sync_engine(url: str | None = None) -> Engine:
+def _sync_engine(url: str) -> Engine:
     return create_sync_db_engine(url)
 
 
 @lru_cache(maxsize=8)
-def async_session_factory(url: str | None = None) -> async_sessionmaker[AsyncSession]:
-    """Read sessions for the API (deferred transactions: readers never wait on SQLite)."""
-    return async_sessionmaker(async_engine(url), expire_on_commit=False)
+def _async_session_factory(url: str) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(_async_engine(url), expire_on_commit=False)
 
 
 @lru_cache(maxsize=8)
-def async_write_session_factory(url: str | None = None) -> async_sessionmaker[AsyncSession]:
-    """Sessions that will write: BEGIN IMMEDIATE on SQLite, plain sessions on PostgreSQL."""
-    engine = async_engine(url)
+def _async_write_session_factory(url: str) -> async_sessionmaker[AsyncSession]:
+    engine = _async_engine(url)
     if engine.dialect.name == "sqlite":
         engine = engine.execution_options(**{_IMMEDIATE: True})
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
 @lru_cache(maxsize=8)
-def sync_session_factory(url: str | None = None) -> sessionmaker[Session]:
-    return sessionmaker(sync_engine(url), expire_on_commit=False)
+def _sync_session_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(_sync_engine(url), expire_on_commit=False)
 
 
 @contextmanager
@@ -214,7 +236,7 @@ async def release(session: AsyncSession) -> None:
 
 def forget_engines() -> None:
     """Drop cached engines and factories (tests that switch databases within one process)."""
-    for cached in (async_session_factory, async_write_session_factory, sync_session_factory,
-                   async_engine, sync_engine):
+    for cached in (_async_session_factory, _async_write_session_factory, _sync_session_factory,
+                   _async_engine, _sync_engine):
         cached.cache_clear()
     _writer_queues.clear()
