@@ -1,0 +1,46 @@
+"""Issue 18: 64 concurrent clients against each live stack, for a bounded time, loopback only.
+
+Half the clients upload one JPEG after another, a quarter read scans, a quarter hold SSE
+streams. No response may be a 5xx (a pool deadlock answers 500 or stalls 30 s; saturation
+answers 503, which also fails here), every accepted scan must reach a final state, and the
+upload p99 must stay bounded. The bound asserted is generous (CI shares two cores with other
+work); the measured figures are in the README (`bench/load.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.support.images import brain_jpeg
+from tests.support.load import run_load, wait_until_final
+from tests.support.stack import LiveStack
+
+CLIENTS = 64
+DURATION_S = 20.0
+# Generous: CI shares two cores with the worker's TensorFlow and other jobs (measured 8-10 s
+# at a load average of 8; figures on a quiet machine in the README). A pool deadlock stalls
+# 30 s and fails here; a second connection per request fails tests/api/test_connections.py
+# outright.
+UPLOAD_P99_BOUND_S = 15.0
+DRAIN_TIMEOUT_S = 240.0
+
+
+@pytest.mark.parametrize("backend", ["embedded", "pg"])
+async def test_64_clients_get_no_server_error(backend: str,
+                                              live_stack: Callable[..., LiveStack]) -> None:
+    stack = live_stack(backend)
+    key = stack.new_key(f"load-{backend}")  # a tenant of its own: its history is only ours
+    report = await run_load(stack.base_url, key, brain_jpeg(3), clients=CLIENTS,
+                            duration_s=DURATION_S, mix="mixed", sse_hold_s=3.0)
+    summary = report.summary()
+    print(backend, summary)
+    assert report.server_errors == 0, (summary, stack.logs())
+    assert not report.transport_errors, summary
+    assert len(report.accepted) >= CLIENTS, summary  # everyone got through, more than once
+    assert report.count(lambda s: s not in (200, 202)) == 0, summary
+    assert report.sse_streams > 0 and report.sse_events > 0, summary
+    assert report.upload_percentile(99) < UPLOAD_P99_BOUND_S, summary
+    counts = await wait_until_final(stack.base_url, key, DRAIN_TIMEOUT_S)
+    assert counts["succeeded"] + counts["failed"] == len(report.accepted), counts
