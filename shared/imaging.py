@@ -8,6 +8,7 @@ only: no TensorFlow.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,9 +79,20 @@ def decode_image(data: bytes, *, frame: int | None = None) -> DecodedImage:
     return _decode_raster(data, fmt)
 
 
+def check_pixel_budget(width: int, height: int, settings: Settings | None = None) -> None:
+    """Refuse, from the header's dimensions alone, an image too large to decode safely (a
+    375 KB PNG can expand to 11000x11000 pixels): checked before any pixel is decoded."""
+    s = settings or get_settings()
+    if width * height > s.max_image_pixels or max(width, height) > s.max_image_side:
+        raise InputError(
+            f"The image is {width}x{height} pixels; the limit is {s.max_image_pixels} pixels "
+            f"and {s.max_image_side} per side.", code=errors.IMAGE_TOO_LARGE)
+
+
 def _decode_raster(data: bytes, fmt: ImageFormat) -> DecodedImage:
     try:
         with Image.open(io.BytesIO(data)) as img:
+            check_pixel_budget(*img.size)  # the header only: nothing decoded yet
             img.load()
             mode = img.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -93,7 +105,10 @@ def _decode_raster(data: bytes, fmt: ImageFormat) -> DecodedImage:
                 pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
                 if _is_gray_rgb(pixels):
                     pixels = pixels[..., 0]
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    # Pillow reports a broken chunk as SyntaxError and some malformed headers as struct or
+    # index errors: all of them mean "not a decodable image", never a server error.
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError,
+            struct.error, Image.DecompressionBombError) as exc:
         raise InputError(f"The {fmt.upper()} file could not be decoded: {exc}.",
                          code=errors.UNDECODABLE) from exc
     return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, meta={"mode": mode})
