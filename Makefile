@@ -41,6 +41,7 @@ bench: venv
 	$(PY) -m bench.gradcam_overhead
 	$(PY) -m bench.pipeline_throughput
 	$(PY) -m bench.train_throughput
+	$(PY) -m bench.load
 
 chaos: venv
 	scripts/ensure_services.sh

@@ -45,9 +45,9 @@ class Settings(BaseSettings):
     # A request holds at most one pooled connection, for milliseconds at a time, so a small
     # pool serves many clients; when it is exhausted a request waits at most
     # `db_pool_timeout_s` and is then answered 503 with Retry-After (never 500, never 30 s).
-    db_pool_size: int = Field(default=5, ge=1)
-    db_max_overflow: int = Field(default=5, ge=0)
-    db_pool_timeout_s: float = Field(default=3.0, gt=0)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
     # SQLite has one writer: the API queues its writes in process (at most `sqlite_write_queue`
     # waiting, each for at most `sqlite_write_wait_s`, which also bounds waiting for a worker's
     # lock) and answers 503 beyond that, instead of piling up behind lock timeouts.
