@@ -88,9 +88,17 @@ def preprocess(pixels: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess_with_box(pixels: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """`preprocess`, plus the crop box it used (to map heatmaps back without recomputing it)."""
+    x, box, _ = preprocess_with_scaled(pixels, size)
+    return x, box
+
+
+def preprocess_with_scaled(pixels: np.ndarray, size: int
+                           ) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
+    """`preprocess_with_box`, plus the whole frame scaled to [0, 1] (step 2), which the
+    worker's overlay reuses instead of computing the percentiles again."""
     scaled = scale_intensity(to_grayscale(pixels))
     box = head_bounding_box(scaled)
-    return to_model_frame(scaled, box, size)[..., np.newaxis], box
+    return to_model_frame(scaled, box, size)[..., np.newaxis], box, scaled
 
 
 def preprocess_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:

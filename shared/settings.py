@@ -116,6 +116,21 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=16, ge=1, le=256)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
     worker_concurrency: int = Field(default=1, ge=1)
+    # Dynamic batching: a task's own scans plus queued scans other tasks were sent for, up to
+    # this many in one model pass (their own messages then find them leased or final), after
+    # waiting at most WORKER_BATCH_WAIT_MS for more when the batch is not full (0: take what
+    # is queued and never wait). docs/performance.md.
+    worker_max_batch: int = Field(default=32, ge=1, le=256)
+    worker_batch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    # Threads for the per-image work around the model pass (decode, gate, preprocess,
+    # rendering, uploads), and TensorFlow's own pools (0: one per core). The defaults suit
+    # a worker alone on two cores; lower them where it shares the machine.
+    worker_threads: int = Field(default=2, ge=1, le=64)
+    tf_intra_op_threads: int = Field(default=0, ge=0)
+    tf_inter_op_threads: int = Field(default=1, ge=0)
+    # How often a worker polls the embedded (SQLite) broker for a new task; kombu's default
+    # is 1 s, which was most of a single scan's latency. Ignored by Redis (it pushes).
+    broker_polling_interval_s: float = Field(default=0.05, gt=0.0, le=5.0)
     task_max_retries: int = Field(default=5, ge=0)
     # Reliability: the database is the source of truth, the queue only a trigger (README,
     # "Guarantees"). The order that makes it work, checked below:

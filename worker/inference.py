@@ -3,10 +3,16 @@
 `analyse` gates every image, preprocesses the accepted ones with the one preprocessing
 function, runs a single compiled graph that yields calibrated probabilities and the Grad-CAM
 map, maps each map back to its image's own frame and renders the PNGs.
+
+The per-image work before and after the model pass (gate rules, preprocessing, mapping back,
+rendering) runs on a small thread pool (`WORKER_THREADS`): OpenCV, Pillow and NumPy's large
+kernels release the GIL, so images are spread over the cores while each kernel runs
+single-threaded (docs/performance.md has the profile).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,17 +22,41 @@ from shared.explanation import TUMOUR_CLASS, explained_label
 from shared.imaging import DecodedImage
 from shared.labels import CLASSES
 from shared.labels import class_index as index_of
-from shared.preprocessing import preprocess_with_box, to_original_frame
+from shared.preprocessing import preprocess_with_scaled, to_original_frame
+from shared.settings import Settings, get_settings
 from worker import ood, overlay
 from worker.gate import GateOutcome, assess
 from worker.model.gradcam import make_explainer, make_logits
 from worker.model.loader import LoadedModel
+from worker.parallel import parallel_map
 
 MAX_BATCH = 64  # bounds peak memory for very large batches; results do not depend on it
 
 # None: each image's predicted class; a class name or index for all; or one entry per image;
 # TUMOUR_CLASS (-2): the most likely tumour class (the predicted one unless that is notumor).
 ClassRequest = int | str | Sequence[int | str | None] | None
+
+log = logging.getLogger(__name__)
+
+
+def configure_threads(settings: Settings | None = None) -> None:
+    """TensorFlow's and OpenCV's thread counts, set once before the first TensorFlow op.
+
+    A worker shares its machine (the API, the database, other workers): TensorFlow's
+    intra-op pool gets TF_INTRA_OP_THREADS (0: one per core), its inter-op pool
+    TF_INTER_OP_THREADS (the Grad-CAM graph is one chain of large ops; a second pool of
+    runnable ops only oversubscribes the cores), and OpenCV runs single-threaded because
+    `parallel_map` already spreads images over WORKER_THREADS."""
+    import cv2
+    import tensorflow as tf
+
+    s = settings or get_settings()
+    cv2.setNumThreads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(s.tf_intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(s.tf_inter_op_threads)
+    except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
+        log.warning("TensorFlow was initialised before its thread counts could be set")
 
 
 @dataclass(frozen=True)
@@ -100,24 +130,33 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
 
     By default each map explains a tumour class (`shared.explanation`): the finding, or for a
     "notumor" finding the most likely tumour class, never a map of "no tumour"."""
-    gates = [assess(img) for img in images]
+    def gate_and_prepare(img: DecodedImage) -> tuple[GateOutcome, tuple | None]:
+        gate = assess(img)
+        return gate, (preprocess_with_scaled(img.pixels, model.input_size) if gate.accepted
+                      else None)
+
+    first = parallel_map(gate_and_prepare, images)
+    gates = [g for g, _ in first]
     accepted = [i for i, g in enumerate(gates) if g.accepted]
     results: list[Analysis] = [Analysis(gate=g) for g in gates]
     if not accepted:
         return results
-    prepared = [preprocess_with_box(images[i].pixels, model.input_size) for i in accepted]
-    probs, cams, feats = run_batch_with_features(model, np.stack([x for x, _ in prepared]),
+    prepared = [first[i][1] for i in accepted]
+    probs, cams, feats = run_batch_with_features(model, np.stack([x for x, _, _ in prepared]),
                                                  class_index)
     learned = ood.gate_for(model)
     distances = learned.distances(feats) if learned is not None else None
-    for row, i in enumerate(accepted):
+
+    def finish(row: int) -> Analysis:
+        i = accepted[row]
+        gate = gates[i]
         if distances is not None:
-            gates[i] = learned.judge(gates[i], float(distances[row]))  # type: ignore[union-attr]
-            if not gates[i].accepted:
-                results[i] = Analysis(gate=gates[i])
-                continue
+            gate = learned.judge(gate, float(distances[row]))  # type: ignore[union-attr]
+            if not gate.accepted:
+                return Analysis(gate=gate)
         pixels = images[i].pixels
-        cam = to_original_frame(cams[row], prepared[row][1], pixels.shape[:2])
+        _, box, scaled = prepared[row]
+        cam = to_original_frame(cams[row], box, pixels.shape[:2])
         top = int(np.argmax(probs[row]))
         probabilities = {c: float(p) for c, p in zip(CLASSES, probs[row], strict=True)}
         if class_index == TUMOUR_CLASS:
@@ -126,14 +165,17 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
             explained = CLASSES[top]
         else:
             explained = CLASSES[index_of(class_index) if isinstance(class_index, str) else int(class_index)]
-        results[i] = Analysis(
-            gate=gates[i],
+        return Analysis(
+            gate=gate,
             label=CLASSES[top],
             confidence=float(probs[row, top]),
             probabilities=probabilities,
             cam=cam,
             explained=explained,
-            overlay_png=overlay.overlay_png(pixels, cam),
+            overlay_png=overlay.overlay_png(pixels, cam, scaled),
             heatmap_png=overlay.heatmap_png(cam),
         )
+
+    for i, analysis in zip(accepted, parallel_map(finish, range(len(accepted))), strict=True):
+        results[i] = analysis
     return results

@@ -1,7 +1,10 @@
 """Render a Grad-CAM map for people: a colour heatmap, and the heatmap blended on the scan.
 
 Presentation only; the map itself comes from `worker.model.gradcam`. OpenCV works in BGR,
-so the PNGs are encoded straight from BGR arrays.
+so the PNGs are encoded straight from BGR arrays. Both stay PNG (lossless, and what every
+consumer of the links expects); docs/performance.md has PNG, WebP and JPEG measured side by
+side. The work is done in OpenCV's vectorised kernels on uint8 wherever the result is uint8
+anyway (the first version's float32 NumPy blend cost more than the model pass per image).
 """
 
 from __future__ import annotations
@@ -22,28 +25,35 @@ def _encode_png(bgr: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _levels(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8 0..255, rounded and saturated (NaN -> 0) in one OpenCV pass."""
+    return cv2.convertScaleAbs(np.asarray(unit, dtype=np.float32), alpha=255.0)
+
+
 def colorize(cam: np.ndarray) -> np.ndarray:
     """HxW map in [0, 1] -> HxWx3 uint8 BGR colour image."""
-    levels = np.round(np.clip(np.nan_to_num(cam), 0.0, 1.0) * 255).astype(np.uint8)
-    return cv2.applyColorMap(levels, COLORMAP)
+    return cv2.applyColorMap(_levels(cam), COLORMAP)
 
 
-def blend(pixels: np.ndarray, cam: np.ndarray) -> np.ndarray:
+def blend(pixels: np.ndarray, cam: np.ndarray, scaled: np.ndarray | None = None) -> np.ndarray:
     """The scan (any decoded pixels, same HxW as `cam`) with the heatmap laid over it, BGR uint8.
 
-    Opacity follows the map, so regions the model ignored show the plain scan."""
-    gray = scale_intensity(to_grayscale(pixels))
+    Opacity follows the map, so regions the model ignored show the plain scan. `scaled` is
+    the scan's grayscale already scaled to [0, 1] (`shared.preprocessing.scale_intensity`),
+    when the caller has it: preprocessing computed it, and computing it again is most of
+    the cost of a blend."""
+    gray = scale_intensity(to_grayscale(pixels)) if scaled is None else scaled
     if gray.shape != cam.shape:
         raise ValueError(f"image {gray.shape} and map {cam.shape} differ in size")
-    base = np.repeat(gray[..., np.newaxis] * 255.0, 3, axis=2)
-    alpha = (MAX_ALPHA * np.clip(cam, 0.0, 1.0))[..., np.newaxis]
-    out = base * (1.0 - alpha) + colorize(cam).astype(np.float32) * alpha
-    return np.round(out).astype(np.uint8)
+    base = cv2.cvtColor(_levels(gray), cv2.COLOR_GRAY2BGR)
+    alpha = np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0) * np.float32(MAX_ALPHA)
+    # (w1*colour + w2*base) / (w1 + w2) with w1 + w2 = 1 per pixel: the alpha blend.
+    return cv2.blendLinear(colorize(cam), base, alpha, np.float32(1.0) - alpha)
 
 
 def heatmap_png(cam: np.ndarray) -> bytes:
     return _encode_png(colorize(cam))
 
 
-def overlay_png(pixels: np.ndarray, cam: np.ndarray) -> bytes:
-    return _encode_png(blend(pixels, cam))
+def overlay_png(pixels: np.ndarray, cam: np.ndarray, scaled: np.ndarray | None = None) -> bytes:
+    return _encode_png(blend(pixels, cam, scaled))

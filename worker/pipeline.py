@@ -7,6 +7,12 @@ writes a result only to a scan that is not final yet, in the same transaction as
 `scan_events` row. A claimed scan carries a lease that a heartbeat renews while the task
 runs (`worker/leases.py`); the reconciler (`worker/reconciler.py`) takes back the scans of
 a worker whose lease ran out.
+
+Dynamic batching: a task claims its own scans and, in the same transaction, queued scans
+that other tasks were sent for, up to WORKER_MAX_BATCH (`claim_queued`); their own messages
+later find them leased or final and cost one SELECT each. Per-image work (decode, gate,
+preprocessing, rendering, uploads) runs on a small thread pool (`worker/parallel.py`); the
+results of a batch are written in one transaction. docs/performance.md has the profile.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from shared.settings import get_settings
 from shared.states import JobState
 from shared.storage import Storage, get_storage
 from worker.leases import Heartbeat, release
+from worker.parallel import parallel_map
 
 if TYPE_CHECKING:
     from worker.inference import Analysis
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str, str], None]  # (scan or batch id, "scan" | "batch")
+Resend = Callable[[list[str]], object]  # sends each of these scans in a task of its own
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
 _BROWSER_FORMATS = ("png", "jpeg")  # shown as uploaded; anything else also gets a PNG preview
 _NOT_FINAL = (JobState.QUEUED.value, JobState.PROCESSING.value)
@@ -56,9 +64,11 @@ def get_model() -> LoadedModel:
     global _model
     with _model_lock:
         if _model is None:
+            from worker.inference import configure_threads
             from worker.model import load_model
 
             s = get_settings()
+            configure_threads(s)
             _model = load_model(s.model_dir, s.model_name)
             log.info("loaded model %s %s (sha256 %s)", _model.name, _model.version, _model.sha256)
         return _model
@@ -113,14 +123,35 @@ def claim(session: Session, scan_ids: Sequence[str], owner: str | None = None,
     return claimed
 
 
+def claim_queued(session: Session, limit: int, owner: str, lease_s: float,
+                 exclude: Sequence[str] = ()) -> list[Claimed]:
+    """Dynamic batching: up to `limit` more scans, oldest first, that are queued for other
+    tasks, leased to `owner` as `claim` does. Only scans never lost by a worker (a scan that
+    was runs alone, README "Guarantees") and not locked by another worker (SKIP LOCKED)."""
+    if limit <= 0:
+        return []
+    ids = list(session.scalars(select(ScanResult.id).where(
+        ScanResult.state == JobState.QUEUED.value, ScanResult.lease_owner.is_(None),
+        ScanResult.lost_leases == 0, ScanResult.id.not_in(list(exclude)),
+    ).order_by(ScanResult.created_at, ScanResult.id).limit(limit)
+        .with_for_update(skip_locked=True)))
+    return claim(session, ids, owner, lease_s) if ids else []
+
+
 def _decode(items: Sequence[Claimed]) -> tuple[list[tuple[Claimed, DecodedImage]], list[Outcome]]:
-    decoded, failed = [], []
-    for item in items:
+    def one(item: Claimed) -> DecodedImage | InputError:
         try:
-            decoded.append((item, decode_image(item.data, frame=item.frame)))
+            return decode_image(item.data, frame=item.frame)
         except InputError as exc:  # permanent: the same bytes will never decode
+            return exc
+
+    decoded, failed = [], []
+    for item, image in zip(items, parallel_map(one, items), strict=True):
+        if isinstance(image, InputError):
             failed.append(Outcome(item.scan_id, JobState.FAILED,
-                                  {"error_code": exc.code, "error_message": exc.message}))
+                                  {"error_code": image.code, "error_message": image.message}))
+        else:
+            decoded.append((item, image))
     return decoded, failed
 
 
@@ -155,19 +186,23 @@ def analyse_and_store(items: Sequence[Claimed], model: LoadedModel,
                     "model_sha256": model.sha256}
     batch_timing = {"batch_size": len(items), "decode_ms": round((t1 - t0) * 1000, 2),
                     "inference_ms": round((t2 - t1) * 1000, 2)}
-    for (item, image), analysis in zip(decoded, analyses, strict=True):
+
+    def store(job: tuple[tuple[Claimed, DecodedImage], Analysis]) -> Outcome:
+        (item, image), analysis = job
         t_store = time.perf_counter()
         fields: dict[str, Any] = {"gate": analysis.gate.to_dict(), **model_fields,
                                   **_store(storage, item, image, analysis)}
         timings = {**batch_timing, "storage_ms": round((time.perf_counter() - t_store) * 1000, 2)}
         if not analysis.gate.accepted:
-            outcomes.append(Outcome(item.scan_id, JobState.FAILED, {
+            return Outcome(item.scan_id, JobState.FAILED, {
                 **fields, "timings": timings, "error_code": analysis.gate.code,
-                "error_message": analysis.gate.reason}))
-            continue
-        outcomes.append(Outcome(item.scan_id, JobState.SUCCEEDED, {
+                "error_message": analysis.gate.reason})
+        return Outcome(item.scan_id, JobState.SUCCEEDED, {
             **fields, "timings": timings, "label": analysis.label,
-            "confidence": analysis.confidence, "probabilities": analysis.probabilities}))
+            "confidence": analysis.confidence, "probabilities": analysis.probabilities})
+
+    # Uploads overlap one another on the pool (Cloudinary is a round trip per asset).
+    outcomes += parallel_map(store, list(zip(decoded, analyses, strict=True)))
     return outcomes
 
 
@@ -230,10 +265,15 @@ def announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify 
 
 
 def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
-                  storage: Storage | None = None, owner: str | None = None) -> list[str]:
+                  storage: Storage | None = None, owner: str | None = None,
+                  gather: int = 0, resend: Resend | None = None) -> list[str]:
     """The whole pipeline for one task; returns the IDs of the scans it finished.
 
-    `owner` names the task holding the leases (a Celery retry keeps its task id)."""
+    `owner` names the task holding the leases (a Celery retry keeps its task id). With
+    `gather` (the task passes WORKER_MAX_BATCH) queued scans of other tasks join this one's
+    model pass (`claim_queued`) up to that many in all. If the pass fails, those extras are given
+    back and handed to `resend` (each alone, as a failed batch is retried); the task's own
+    scans are its retry's business."""
     s = get_settings()
     owner = owner or new_id()
     started = time.monotonic()
@@ -241,9 +281,23 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
     model = get_model()
     with sync_session() as session:
         claimed = claim(session, scan_ids, owner, s.scan_lease_s)
+        if claimed:
+            claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
+                                    exclude=scan_ids)
     if not claimed:
         return []
+    if gather and len(claimed) < gather and s.worker_batch_wait_ms > 0:
+        # Triton's max queue delay: a moment for concurrent single scans to arrive.
+        time.sleep(s.worker_batch_wait_ms / 1000)
+        with sync_session() as session:
+            claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
+                                    exclude=scan_ids)
     ids = [item.scan_id for item in claimed]
+    own = set(scan_ids)
+    extras = [scan_id for scan_id in ids if scan_id not in own]
+    if extras:
+        log.debug("task %s: %d own scans + %d gathered", owner, len(ids) - len(extras),
+                  len(extras))
     with Heartbeat(ids, owner, s.scan_lease_s, s.task_time_limit_s):
         try:
             outcomes = analyse_and_store(claimed, model, storage or get_storage())
@@ -252,9 +306,21 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
             # Not ours any more: a retry or the reconciler takes them (if the database is
             # what failed, this fails too and the lease simply runs out).
             release(ids, owner)
+            if extras and resend is not None:
+                _resend_quietly(resend, extras)
             raise
     announce(done, notify)
     return [scan_id for scan_id, _, _ in done]
+
+
+def _resend_quietly(resend: Resend, scan_ids: list[str]) -> None:
+    """Gathered scans of a failed pass go back to the queue, each alone; if the broker is
+    down too, the reconciler re-sends them (they are unleased and not final)."""
+    try:
+        resend(scan_ids)
+    except Exception:
+        log.warning("could not re-send %d gathered scans; left to the reconciler",
+                    len(scan_ids), exc_info=True)
 
 
 def _write_results(outcomes: Sequence[Outcome],

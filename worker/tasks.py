@@ -72,7 +72,13 @@ class _ScanTask(Task):
           max_retries=get_settings().task_max_retries)
 def process_scans(self: Task, scan_ids: list[str]) -> int:
     """Classify and explain these scans (one batched model pass); returns how many finished."""
-    return len(pipeline.process_scans(scan_ids, notify=_notify, owner=self.request.id))
+    return len(pipeline.process_scans(scan_ids, notify=_notify, owner=self.request.id,
+                                      gather=get_settings().worker_max_batch,
+                                      resend=_resend_alone))
+
+
+def _resend_alone(scan_ids: list[str]) -> None:
+    enqueue_scans(app, scan_ids, 1)
 
 
 @signals.worker_ready.connect

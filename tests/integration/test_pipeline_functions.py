@@ -245,3 +245,36 @@ def test_task_and_app_configuration(env: Path) -> None:
     assert conf.worker_prefetch_multiplier == get_settings().worker_prefetch_multiplier
     assert conf.task_serializer == "json" and conf.task_ignore_result
     assert tasks.process_scans.name == "neuroscan.process_scans"
+
+
+def test_dynamic_batching_gathers_queued_scans_and_gives_them_back_on_failure(
+        env: Path, tenant_id: str) -> None:
+    from worker import pipeline
+
+    with sync_session() as session:  # earlier tests' leftovers must not join these batches
+        for row in session.scalars(select(ScanResult).where(ScanResult.state == "queued")):
+            pipeline.fail_row(session, row, "test_cleanup", "left over by an earlier test")
+    own, _ = _queue(tenant_id, brain_png(60))
+    others = [_queue(tenant_id, brain_png(61 + i))[0][0] for i in range(3)]  # oldest first
+    lost, _ = _queue(tenant_id, brain_png(64))
+    with sync_session() as session:  # a scan once lost by a worker runs alone: never gathered
+        session.get(ScanResult, lost[0]).lost_leases = 1
+    resent: list[list[str]] = []
+    broken = _BrokenStorage(env / "media", secret_key="x")
+    with pytest.raises(StorageError):
+        pipeline.process_scans(own, storage=broken, gather=3, resend=resent.append)
+    assert [sorted(ids) for ids in resent] == [sorted(others[:2])]  # given back, each alone
+    for scan_id in own + others[:2]:
+        row = _scan(scan_id)
+        assert (row.state, row.lease_owner, row.attempts) == ("processing", None, 1)
+    assert _scan(others[2]).attempts == 0
+
+    # Scans given back by a failed pass run alone (their re-sent tasks), never gathered again.
+    done = pipeline.process_scans(own, gather=3)
+    assert sorted(done) == sorted(own + others[2:])
+    assert pipeline.process_scans(others[2:], gather=3) == []  # its own message: a no-op
+    for scan_id in others[:2]:
+        assert pipeline.process_scans([scan_id], gather=8) == [scan_id]
+    assert _scan(lost[0]).state == "queued"  # lost once: never gathered
+    for scan_id in own + others:
+        assert _states(scan_id)[-1] == "succeeded"
