@@ -33,6 +33,10 @@ class Storage(Protocol):
         """A link that works without other credentials for `ttl_s` seconds."""
         ...
 
+    def delete(self, folder: Folder, name: str) -> None:
+        """Remove `folder/name` (the name `put` was given); nothing there is not an error."""
+        ...
+
 
 def check_name(folder: str, name: str) -> None:
     if folder not in FOLDERS:

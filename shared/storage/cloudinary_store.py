@@ -57,6 +57,20 @@ class CloudinaryStorage:
         fmt = result.get("format") or ext
         return f"{self.backend}:{result.get('public_id', public_id)}.{fmt}"
 
+    def delete(self, folder: Folder, name: str) -> None:
+        check_name(folder, name)
+        stem = name.rpartition(".")[0] or name
+        public_id = f"{ROOT_FOLDER}/{folder}/{stem}"
+        try:
+            # invalidate: CDN copies go too, so a link handed out earlier stops working.
+            result = cloudinary.uploader.destroy(
+                public_id, type=DELIVERY_TYPE, resource_type="image", invalidate=True,
+                timeout=self._timeout, **self._options)
+        except (cloudinary.exceptions.Error, OSError) as exc:
+            raise StorageError(f"Cloudinary delete of {public_id} failed: {exc}") from exc
+        if result.get("result") not in ("ok", "not found"):
+            raise StorageError(f"Cloudinary delete of {public_id} failed: {result}")
+
     def url(self, ref: str, ttl_s: int) -> str:
         public_id, fmt = self._parse(ref)
         return cloudinary.utils.private_download_url(

@@ -48,6 +48,13 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"could not read {path}: {exc}") from exc
 
+    def delete(self, folder: Folder, name: str) -> None:
+        check_name(folder, name)
+        try:
+            (self.root / folder / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not delete {folder}/{name}: {exc}") from exc
+
     def url(self, ref: str, ttl_s: int) -> str:
         key = split_ref(ref, self.backend)
         expires = signing.expiry(ttl_s)

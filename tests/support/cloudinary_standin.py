@@ -2,7 +2,7 @@
 
 The SDK is pointed at it with `upload_prefix`. Like the service, it refuses any request whose
 signature is not SHA-1 over the sorted parameters plus the API secret (401), refuses expired
-download links (401), and serves back exactly what was uploaded.
+download links (401), serves back exactly what was uploaded, and destroys assets on request.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class CloudinaryStandIn:
     rejected: int = 0
     # Answer this many coming uploads with HTTP 500, as during an outage.
     fail_uploads: int = 0
+    destroyed: int = 0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -107,6 +108,15 @@ class CloudinaryStandIn:
             self.assets[key] = asset
             return asset
 
+    def destroy(self, params: dict[str, str]) -> str:
+        """Cloudinary's answer to a destroy: `ok`, or `not found` (not an error)."""
+        with self._lock:
+            found = self.assets.pop((params.get("type") or "upload", params.get("public_id", "")),
+                                    None)
+            if found is not None:
+                self.destroyed += 1
+        return "ok" if found is not None else "not found"
+
 
 def _sniff(data: bytes) -> str | None:
     if data.startswith(b"\x89PNG"):
@@ -137,7 +147,8 @@ def _handler_for(standin: CloudinaryStandIn) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             parts = self._path_parts()
-            if len(parts) != 4 or parts[1] != standin.cloud_name or parts[3] != "upload":
+            if len(parts) != 4 or parts[1] != standin.cloud_name or \
+                    parts[3] not in ("upload", "destroy"):
                 return self._json(404, {"error": {"message": f"no route {self.path}"}})
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
@@ -151,6 +162,8 @@ def _handler_for(standin: CloudinaryStandIn) -> type[BaseHTTPRequestHandler]:
             if problem:
                 standin.rejected += 1
                 return self._json(401, {"error": {"message": problem}})
+            if parts[3] == "destroy":
+                return self._json(200, {"result": standin.destroy(params)})
             if data is None:
                 return self._json(400, {"error": {"message": "Missing required parameter - file"}})
             asset = standin.store(params, data, filename)
