@@ -113,3 +113,24 @@ def test_worker_image_has_the_model_stack_and_runs_as_a_user() -> None:
 def test_dockerignore_keeps_local_state_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "var", ".env"} <= set(ignored)
+
+
+def test_settings_reach_the_containers_and_flower_stays_on_loopback(compose: dict) -> None:
+    services = compose["services"]
+    for name in ("migrate", "api", "worker"):
+        assert services[name]["env_file"], name  # every .env setting, not a chosen few
+    assert all(str(p).startswith("127.0.0.1:") for p in services["flower"]["ports"])
+    assert "flower==2.2.0" in (ROOT / "requirements" / "api.txt").read_text()
+    # Longer than a batch: SIGTERM lets the batch in hand finish before SIGKILL.
+    assert services["worker"]["stop_grace_period"] in ("2m", "120s")
+
+
+def test_images_carry_what_their_commands_need() -> None:
+    api_steps, worker_steps = _dockerfile("Dockerfile.api"), _dockerfile("Dockerfile.worker")
+    # The API's PDFs cite the model card; weights stay out of the API image.
+    assert ("COPY", "models/*.card.json models/") in api_steps
+    # `neuroscan migrate` finds alembic.ini and migrations/ beside the code: installed in place.
+    for steps in (api_steps, worker_steps):
+        copies = [args.split() for op, args in steps if op == "COPY"]
+        assert any("alembic.ini" in c for c in copies) and any("migrations" in c for c in copies)
+        assert any("pip install --no-deps -e ." in args for op, args in steps if op == "RUN")
