@@ -9,13 +9,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements/api.txt requirements/worker.txt requirements/dev.txt pyproject.toml
 
-.PHONY: help venv run test bench lint flower chaos
+.PHONY: help venv run test test-compose bench lint flower chaos
 
 help:
 	@echo "make run     start the API and a worker on the embedded defaults (PORT=8000)"
 	@echo "make test    start PostgreSQL/Redis if needed, run the whole test suite"
 	@echo "make bench   Grad-CAM overhead, pipeline and training throughput benchmarks (JSON in bench/results)"
 	@echo "make lint    ruff"
+	@echo "make test-compose  docker compose up from the Dockerfiles, a 20-scan batch, a worker killed mid-batch"
 	@echo "make chaos   the full-stack fault tests alone, printing their timings (README, Guarantees)"
 	@echo "make flower  Flower on BROKER_URL with basic auth (FLOWER_USER, FLOWER_PASSWORD)"
 
@@ -36,6 +37,10 @@ run: venv
 test: venv
 	scripts/ensure_services.sh
 	$(VENV)/bin/pytest
+
+# Installs Docker if missing, builds the images, runs the stack (scripts/compose_smoke.sh).
+test-compose: venv
+	scripts/compose_smoke.sh
 
 bench: venv
 	$(PY) -m bench.gradcam_overhead

@@ -76,7 +76,7 @@ def local_api_key(var_dir: Path) -> str:
     return key
 
 
-def _worker_argv(pool: str, concurrency: int | None) -> list[str]:
+def _worker_argv(pool: str, concurrency: int | None, name: str = "neuroscan@%h") -> list[str]:
     from shared.settings import get_settings
 
     s = get_settings()
@@ -84,17 +84,19 @@ def _worker_argv(pool: str, concurrency: int | None) -> list[str]:
             "--pool", pool, "--concurrency", str(concurrency or s.worker_concurrency),
             "--queues", s.queue_name, "--events", "--loglevel", s.log_level,
             # %h: the host name, unique per container, so health checks can ping this node.
-            "--hostname", "neuroscan@%h"]
+            "--hostname", name]
 
 
 def worker(
     pool: Annotated[str, typer.Option(help="solo (default) or threads; never prefork with TensorFlow.")] = "solo",
     concurrency: Annotated[int | None, typer.Option(help="Threads for the threads pool (default: settings).")] = None,
+    name: Annotated[str, typer.Option(
+        help="Celery node name (%h: host name); set one per worker where containers share a host name.")] = "neuroscan@%h",
 ) -> None:
     """Run a Celery worker (task events on, for Flower)."""
     if pool not in ("solo", "threads"):
         raise typer.BadParameter("use solo or threads: prefork forks after TensorFlow starts threads")
-    argv = _worker_argv(pool, 1 if pool == "solo" else concurrency)
+    argv = _worker_argv(pool, 1 if pool == "solo" else concurrency, name)
     os.execv(argv[0], argv)
 
 
