@@ -129,8 +129,8 @@ def serve(
     key = local_api_key(s.var_dir)
     card = s.model_dir / f"{s.model_name}.card.json"
     if not card.is_file():
-        typer.secho(f"warning: no model card {card}; scans will fail until a model is trained "
-                    "(see README: neuroscan train)", fg="yellow", err=True)
+        typer.secho(f"warning: no model card {card}; the worker exits at start (and is started "
+                    "again) until a model is there (see README: neuroscan train)", fg="yellow", err=True)
     bind_host, bind_port = host or s.host, port or s.port
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception (from
     # before the worker exists) so that the worker is always stopped, never orphaned.

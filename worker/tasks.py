@@ -81,6 +81,18 @@ def _resend_alone(scan_ids: list[str]) -> None:
     enqueue_scans(app, scan_ids, 1)
 
 
+@signals.worker_init.connect
+def _load_model_or_exit(**_kwargs: Any) -> None:
+    """Fail fast: load and hash-check the model before consuming anything. A worker whose
+    weights are missing or differ from their card exits non-zero, so it never reports ready
+    (compose health check, Flower) and never claims a scan it cannot process."""
+    try:
+        pipeline.get_model()
+    except Exception:
+        log.critical("cannot load the model; this worker exits", exc_info=True)
+        raise SystemExit(1) from None
+
+
 @signals.worker_ready.connect
 def _start_reconciler(**_kwargs: Any) -> None:
     """Every worker reconciles (see worker/reconciler.py): no extra process to deploy."""
