@@ -18,6 +18,20 @@ app = typer.Typer(
     add_completion=False,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"neuroscan {version('neuroscan')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """NeuroScan: explainable brain-MRI tumour triage (research use only)."""
+
+
 # Service: run the system.
 app.command("serve")(service.serve)
 app.command("api")(service.api)
