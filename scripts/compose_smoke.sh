@@ -77,11 +77,16 @@ PY
             -f "$WORK/docker-compose.yml" -f "$ROOT/docker-compose.ci.yml")
 }
 dc() { "${COMPOSE[@]}" "$@"; }
+running_workers() {
+  docker ps -q --filter "label=com.docker.compose.project=$PROJECT" \
+    --filter "label=com.docker.compose.service=worker"
+}
 
 cleanup() {
   local rc=$?
   set +e
-  kill $(jobs -p) 2>/dev/null
+  # Builds still running (not dockerd: compose down needs it).
+  for job in $(jobs -p); do [ "$job" = "$STARTED_DOCKERD" ] || kill "$job" 2>/dev/null; done
   if [ -n "${COMPOSE:-}" ]; then
     if [ "$rc" -ne 0 ]; then
       log "--- compose ps ---"; dc ps
@@ -156,12 +161,17 @@ dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true  # a previous ru
 step "base images (stand-ins built from Debian packages)"
 scripts/build_base_images.sh || fail "base images"
 took base_images
+# Both at once: most of a cold build is downloading and unpacking wheels, not CPU.
+step "docker build Dockerfile.api -> neuroscan-api:ci, Dockerfile.worker -> neuroscan-worker:ci"
+declare -A builds
 for kind in api worker; do
-  step "docker build Dockerfile.$kind -> neuroscan-$kind:ci"
-  docker build --network host -f "Dockerfile.$kind" -t "neuroscan-$kind:ci" . >"$WORK/build-$kind.log" 2>&1 \
-    || { tail -40 "$WORK/build-$kind.log"; fail "building Dockerfile.$kind"; }
-  took "build_$kind"
+  docker build --network host -f "Dockerfile.$kind" -t "neuroscan-$kind:ci" . >"$WORK/build-$kind.log" 2>&1 &
+  builds[$kind]=$!
 done
+for kind in api worker; do
+  wait "${builds[$kind]}" || { tail -40 "$WORK/build-$kind.log"; fail "building Dockerfile.$kind"; }
+done
+took build_images
 log "image sizes: $(docker image ls --format '{{.Repository}}:{{.Tag}}={{.Size}}' | grep -E '^neuroscan-(api|worker):ci' | tr '\n' ' ')"
 
 # Test images: synthetic brain slices, made here by the research generator (one per seed).
@@ -212,7 +222,7 @@ step "scale to two workers"
 dc up -d --no-build --no-recreate --scale worker=2 worker >>"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "scale"; }
 wait_healthy 420 worker
 took scale_worker
-WORKERS=($(dc ps -q worker))
+WORKERS=($(running_workers))
 [ ${#WORKERS[@]} -eq 2 ] || fail "expected 2 worker containers, got ${#WORKERS[@]}"
 NODES=()
 for c in "${WORKERS[@]}"; do
@@ -261,7 +271,7 @@ for attempt in 1 2 3; do
   log "no scan was processing when the kill landed (attempt $attempt); restoring two workers and retrying"
   dc up -d --no-build --no-recreate --scale worker=2 worker >>"$WORK/up.log" 2>&1
   wait_healthy 420 worker
-  WORKERS=($(dc ps -q worker))
+  WORKERS=($(running_workers))
 done
 [ "$UNFINISHED" -gt 0 ] || fail "could not kill a worker mid-batch in 3 attempts"
 
@@ -291,7 +301,7 @@ dc exec -T api python -c 'from shared.reports.card import read_model_card; asser
 # Flower still answers and lists the surviving worker.
 flower_workers=$(curl -fsS -u "admin:$FLOWER_PASSWORD" "$FLOWER/api/workers?refresh=1" | json '" ".join(sorted(d))')
 survivor=""
-for c in $(dc ps -q worker); do survivor="neuroscan-$(docker exec "$c" cat /tmp/worker-id)@$(docker exec "$c" hostname)"; done
+for c in $(running_workers); do survivor="neuroscan-$(docker exec "$c" cat /tmp/worker-id)@$(docker exec "$c" hostname)"; done
 [[ " $flower_workers " == *" $survivor "* ]] || fail "Flower does not list the surviving worker $survivor ($flower_workers)"
 log "Flower after the kill lists: $flower_workers"
 step "all checks passed"
