@@ -158,6 +158,19 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = Field(default=6, ge=1)
 
+    # --- data lifecycle (docs/operations.md, "Data we keep") -------------------------------
+    # Days each kind of data is kept after its scan finished, unless the tenant has its own
+    # (tenant_retention); 0 keeps it until deleted on request. Originals: the uploaded file;
+    # derived: heatmap, overlay, preview; results: the scan row (and everything of the scan);
+    # events: its state-change rows.
+    retention_originals_days: int = Field(default=30, ge=0)
+    retention_derived_days: int = Field(default=90, ge=0)
+    retention_results_days: int = Field(default=365, ge=0)
+    retention_events_days: int = Field(default=30, ge=0)
+    # The purge rides the reconciler thread: at most this often, this many scans per kind.
+    purge_interval_s: float = Field(default=3600.0, ge=1.0)
+    purge_batch_size: int = Field(default=500, ge=1, le=10_000)
+
     # --- operations ---------------------------------------------------------------------
     flower_user: str = "admin"
     flower_password: str = "change-me"

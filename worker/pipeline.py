@@ -34,6 +34,7 @@ from shared.db.session import sync_session
 from shared.errors import InputError
 from shared.events import transition
 from shared.imaging import DecodedImage, decode_image, to_png_bytes
+from shared.lifecycle import settle_results
 from shared.settings import get_settings
 from shared.states import JobState
 from shared.storage import Storage, get_storage
@@ -223,6 +224,8 @@ def finish(session: Session, outcomes: Sequence[Outcome]) -> list[ScanResult]:
         row.timings = timings
         row.lease_owner = row.lease_expires_at = None
         transition(session, row, outcome.state, at=now)
+    # Blobs of stored originals go; a scan deleted meanwhile stays deleted (shared/lifecycle.py).
+    settle_results(session, {o.scan_id: o.fields for o in outcomes}, [r.id for r in rows])
     return list(rows)
 
 
