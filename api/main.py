@@ -13,7 +13,19 @@ from starlette.formparsers import MultiPartParser
 
 from api.errors import install_error_handlers
 from api.guard import RequestGuard
-from api.routes import batches, dicomweb, events, health, me, media, reports, scans, series, web
+from api.routes import (
+    batches,
+    deletion,
+    dicomweb,
+    events,
+    health,
+    me,
+    media,
+    reports,
+    scans,
+    series,
+    web,
+)
 from shared.db.session import async_engine
 from shared.settings import get_settings
 
@@ -42,6 +54,7 @@ _ROUTERS: list[APIRouter] = [
     web.router,
     series.router,
     dicomweb.router,
+    deletion.router,
 ]
 
 
