@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import client, dicom, model, service
+from cli import client, dicom, lifecycle, model, service
 
 app = typer.Typer(
     name="neuroscan",
@@ -40,6 +40,8 @@ app.command("migrate")(service.migrate)
 app.command("requeue")(service.requeue)
 app.add_typer(service.keys_app, name="keys")
 app.command("dicom-listen")(dicom.dicom_listen)
+app.command("purge")(lifecycle.purge)
+app.command("export")(lifecycle.export)
 
 # Model: data, training, evaluation, offline prediction.
 app.command("synth")(model.synth)

@@ -11,6 +11,9 @@ RECONCILE_INTERVAL_S (and once at start). A pass:
    and were last sent more than RECONCILE_AGE_S ago: the broker was down when the API
    committed them, or the message was lost.
 
+Every PURGE_INTERVAL_S (and at start) the same thread also runs one bounded pass of the
+retention purge (`shared.lifecycle.purge_once`).
+
 A thread in the worker rather than Celery beat: it needs no extra process in either
 deployment (`neuroscan serve`, compose), it runs wherever work can be done, and any number of
 workers may run it at once: rows are locked with SKIP LOCKED (SQLite serialises writers) and
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +34,7 @@ from sqlalchemy import Select, func, or_, select
 
 from shared.db.models import ScanResult, utcnow
 from shared.db.session import sync_session
+from shared.lifecycle import purge_once
 from shared.queue import enqueue_scans
 from shared.settings import Settings, get_settings
 from shared.states import JobState
@@ -145,6 +150,7 @@ class Reconciler(threading.Thread):
         return enqueue_scans(self._producer, list(scan_ids), batch_size)
 
     def run(self) -> None:
+        last_purge: float | None = None
         while True:
             try:
                 report = reconcile_once(self._send, self._settings, notify=self._notify)
@@ -154,8 +160,19 @@ class Reconciler(threading.Thread):
                                 len(report.resent))
             except Exception:  # database or broker down: the next pass tries again
                 log.warning("reconciler pass failed", exc_info=True)
+            if last_purge is None or (time.monotonic() - last_purge
+                                      >= self._settings.purge_interval_s):
+                last_purge = time.monotonic()
+                self._purge()
             if self._stop_event.wait(self._settings.reconcile_interval_s):
                 return
+
+    def _purge(self) -> None:
+        """Retention rides this thread's schedule (shared/lifecycle.py): one bounded pass."""
+        try:
+            purge_once(self._settings)
+        except Exception:  # storage or database down: the next period tries again
+            log.warning("retention purge failed", exc_info=True)
 
     def stop(self) -> None:
         self._stop_event.set()
