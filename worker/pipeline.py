@@ -38,6 +38,7 @@ from shared.lifecycle import settle_results
 from shared.settings import get_settings
 from shared.states import JobState
 from shared.storage import Storage, get_storage
+from shared.wakeup import publish
 from worker.leases import Heartbeat, release
 from worker.parallel import parallel_map
 
@@ -250,7 +251,9 @@ def fail_unfinished(scan_ids: Sequence[str], code: str, message: str,
 
 
 def announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify | None) -> None:
-    """After commit: scan webhooks, and batch completion (decided once, by a conditional UPDATE)."""
+    """After commit: wake the event streams, scan webhooks, and batch completion (decided
+    once, by a conditional UPDATE)."""
+    publish([i for scan_id, _, batch_id in done for i in (scan_id, batch_id)])
     for scan_id, callback_url, _ in done:
         if callback_url and notify:
             notify(scan_id, "scan")
@@ -296,6 +299,7 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
             claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
                                     exclude=scan_ids)
     ids = [item.scan_id for item in claimed]
+    publish(ids)  # their `processing` events
     own = set(scan_ids)
     extras = [scan_id for scan_id in ids if scan_id not in own]
     if extras:

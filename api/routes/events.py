@@ -5,12 +5,15 @@ that reconnects with `Last-Event-ID` gets exactly what it missed. The stream fir
 what is already recorded, then polls for new rows every 200 ms, backing off to 1 s while
 nothing changes (the same code on SQLite and PostgreSQL; a row is visible as soon as the
 worker's transaction commits), and ends once the scan, or every scan of the batch, is final.
+Where the broker is Redis, the worker also publishes each commit's scan and batch IDs and a
+waiting stream looks at once (`shared.wakeup`); the polling stays as the fallback.
 FastAPI sends keep-alive comments meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -23,6 +26,7 @@ from shared.db.models import ScanEvent, ScanResult
 from shared.db.session import async_session_factory, release
 from shared.events import event_payload
 from shared.states import JobState
+from shared.wakeup import wake_event
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -64,7 +68,11 @@ async def _follow(tenant_id: str, *, scan_id: str | None = None, batch_id: str |
             query = query.where(ScanEvent.scan_id == scan_id) if scan_id else \
                 query.where(ScanEvent.batch_id == batch_id)
             final.update(await session.scalars(query))
+    # Set when the worker publishes news of this scan or batch (Redis); the poll below is the
+    # fallback, and the only way on the embedded stack (shared/wakeup.py).
+    woken = wake_event(scan_id or batch_id or "")
     while len(final) < expected:
+        woken.clear()  # before the query: news arriving during it is not lost
         async with factory() as session:  # short sessions: no transaction held while waiting
             query = (select(ScanEvent, ScanResult)
                      .join(ScanResult, ScanResult.id == ScanEvent.scan_id)
@@ -84,7 +92,8 @@ async def _follow(tenant_id: str, *, scan_id: str | None = None, batch_id: str |
         if rows:
             interval = POLL_INTERVAL_S
         else:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), interval)
             interval = min(interval * 1.5, MAX_POLL_INTERVAL_S)
 
 
