@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.formparsers import MultiPartParser
 
 from api.errors import install_error_handlers
@@ -80,7 +82,15 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for router in _ROUTERS:
         app.include_router(router)
+    _instrument(app)
     return app
+
+
+def _instrument(app: FastAPI) -> None:
+    """Prometheus `/metrics`: requests by route template (never a scan id), method and status
+    class, and their latency. A registry per app, so that tests may build many apps."""
+    Instrumentator(excluded_handlers=["/metrics"], should_group_status_codes=True,
+                   registry=CollectorRegistry()).instrument(app).expose(app, include_in_schema=False)
 
 
 app = create_app()
