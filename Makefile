@@ -9,12 +9,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements/api.txt requirements/worker.txt requirements/dev.txt pyproject.toml
 
-.PHONY: help venv run test test-compose bench lint flower chaos
+.PHONY: help venv run test test-compose bench bench-all lint flower chaos
 
 help:
 	@echo "make run     start the API and a worker on the embedded defaults (PORT=8000)"
 	@echo "make test    start PostgreSQL/Redis if needed, run the whole test suite"
-	@echo "make bench   Grad-CAM overhead, pipeline and training throughput benchmarks (JSON in bench/results)"
+	@echo "make bench   issue 15's measures in one run (~5 min): bench/results/bench.json, docs/bench.png, README table"
+	@echo "make bench-all  that, then Grad-CAM overhead, pipeline, training and load benchmarks (JSON in bench/results)"
 	@echo "make lint    ruff"
 	@echo "make test-compose  docker compose up from the Dockerfiles, a 20-scan batch, a worker killed mid-batch"
 	@echo "make chaos   the full-stack fault tests alone, printing their timings (README, Guarantees)"
@@ -43,6 +44,10 @@ test-compose: venv
 	scripts/compose_smoke.sh
 
 bench: venv
+	scripts/ensure_services.sh
+	$(PY) -m bench.run
+
+bench-all: bench
 	$(PY) -m bench.gradcam_overhead
 	$(PY) -m bench.pipeline_throughput
 	$(PY) -m bench.train_throughput

@@ -124,19 +124,17 @@ def stages(batch: int, size: int, repeats: int) -> dict[str, Any]:
 
 def database(batch: int, repeats: int) -> dict[str, float]:
     """claim + finish of `batch` scans on a scratch PostgreSQL database, ms per batch."""
+    from sqlalchemy import event
+
     from api.intake import AcceptedUpload, add_scan
     from shared.db.migrate import upgrade_to_head
-    from shared.db.session import sync_session
+    from shared.db.session import sync_engine, sync_session
     from shared.db.tenants import issue_key
     from shared.states import JobState
     from tests.support.images import brain_jpeg
     from tests.support.inprocess import settings_env
     from tests.support.stack import create_pg_database, drop_pg_database
     from worker.pipeline import Outcome, claim, finish
-
-    from sqlalchemy import event
-
-    from shared.db.session import sync_engine
 
     url = create_pg_database("nsbench")
     blob = brain_jpeg(1, size=512)

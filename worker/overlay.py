@@ -16,6 +16,9 @@ from shared.preprocessing import scale_intensity, to_grayscale
 
 COLORMAP = cv2.COLORMAP_JET
 MAX_ALPHA = 0.55  # at the map's peak the colour covers 55%; the anatomy stays readable under it
+# The overlay is for looking at (page, PDF, key-slice capture): past this side it is drawn
+# smaller, so that a huge upload costs a bounded encode. The heatmap keeps the original frame.
+OVERLAY_MAX_SIDE = 1024
 
 
 def _encode_png(bgr: np.ndarray) -> bytes:
@@ -56,4 +59,11 @@ def heatmap_png(cam: np.ndarray) -> bytes:
 
 
 def overlay_png(pixels: np.ndarray, cam: np.ndarray, scaled: np.ndarray | None = None) -> bytes:
-    return _encode_png(blend(pixels, cam, scaled))
+    """The blend as PNG, at most OVERLAY_MAX_SIDE on its longer side."""
+    gray = scale_intensity(to_grayscale(pixels)) if scaled is None else scaled
+    factor = OVERLAY_MAX_SIDE / max(gray.shape)
+    if factor < 1:
+        size = (max(1, round(gray.shape[1] * factor)), max(1, round(gray.shape[0] * factor)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        cam = cv2.resize(np.asarray(cam, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+    return _encode_png(blend(gray, cam, gray))
