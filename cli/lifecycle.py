@@ -47,3 +47,49 @@ def export(
         raise typer.Exit(2) from None
     typer.echo(f"{report.total} scans: {report.written} written, {report.skipped} already "
                f"there and verified; manifest: {out / 'manifest.json'}")
+
+
+def retention(
+    tenant: Annotated[str, typer.Option(help="The tenant's name.")],
+    originals_days: Annotated[int | None, typer.Option(min=0)] = None,
+    derived_days: Annotated[int | None, typer.Option(min=0)] = None,
+    results_days: Annotated[int | None, typer.Option(min=0)] = None,
+    events_days: Annotated[int | None, typer.Option(min=0)] = None,
+    default: Annotated[bool, typer.Option("--default", help="Back to the deployment's "
+                                          "defaults (RETENTION_*_DAYS) for every kind.")] = False,
+) -> None:
+    """Show a tenant's retention in days (0: until deleted on request); set any kind with its
+    option, the others keep theirs."""
+    from sqlalchemy import delete, select
+
+    from shared.db.lifecycle_models import TenantRetention
+    from shared.db.models import Tenant, utcnow
+    from shared.db.session import sync_session
+    from shared.lifecycle import Retention, audit
+    from shared.settings import get_settings
+
+    given = {"originals_days": originals_days, "derived_days": derived_days,
+             "results_days": results_days, "events_days": events_days}
+    with sync_session() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+        if tenant_id is None:
+            typer.echo(f"no tenant named {tenant!r}", err=True)
+            raise typer.Exit(2)
+        if default:
+            session.execute(delete(TenantRetention).where(TenantRetention.tenant_id == tenant_id))
+        own = session.get(TenantRetention, tenant_id)
+        changes = {k: v for k, v in given.items() if v is not None}
+        if changes:
+            own = own or TenantRetention(tenant_id=tenant_id)
+            for name, value in changes.items():
+                setattr(own, name, value)
+            own.updated_at = utcnow()
+            session.add(own)
+        if changes or default:
+            session.add(audit(tenant_id, "retention", f"tenant:{tenant_id}",
+                              detail={"set": changes, "default": default}))
+        effective = Retention.for_tenant(get_settings(), own)
+    for kind in ("originals", "derived", "results", "events"):
+        days = getattr(effective, kind)
+        typer.echo(f"{kind}: {days if days else 'until deleted'}"
+                   + (" days" if days else ""))

@@ -42,6 +42,7 @@ app.add_typer(service.keys_app, name="keys")
 app.command("dicom-listen")(dicom.dicom_listen)
 app.command("purge")(lifecycle.purge)
 app.command("export")(lifecycle.export)
+app.command("retention")(lifecycle.retention)
 
 # Model: data, training, evaluation, offline prediction.
 app.command("synth")(model.synth)

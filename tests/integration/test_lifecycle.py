@@ -7,6 +7,7 @@ remove other tests' scans."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -196,14 +197,16 @@ def test_export_contains_every_scan_and_resumes(stack: LiveStack, client: httpx.
     assert (third.written, third.skipped) == (1, len(ids) - 1)
 
 
-def test_purge_dry_run_cli(stack: LiveStack) -> None:
-    import os
-
+def _cli(stack: LiveStack, *args: str) -> str:
     env = {**os.environ, **stack.settings_env()}
-    r = subprocess.run([sys.executable, "-m", "cli.main", "purge", "--dry-run"], env=env,
+    r = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "would remove nothing" in r.stdout  # nothing is old enough yet
+    return r.stdout
+
+
+def test_purge_dry_run_cli(stack: LiveStack) -> None:
+    assert "would remove nothing" in _cli(stack, "purge", "--dry-run")  # nothing old enough
 
 
 def test_purge_after_retention_leaves_nothing_expired(stack: LiveStack, client: httpx.Client,
@@ -214,9 +217,12 @@ def test_purge_after_retention_leaves_nothing_expired(stack: LiveStack, client: 
     url = settings.sync_database_url
 
     # A tenant's own retention: originals for 1 day, the rest by the deployment's defaults.
+    shown = _cli(stack, "retention", "--tenant", TENANT, "--originals-days", "1")
+    assert "originals: 1 days" in shown and f"results: {settings.retention_results_days} days" \
+        in shown
     with sync_session(url) as session:
         tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == TENANT))
-        session.merge(TenantRetention(tenant_id=tenant_id, originals_days=1, updated_at=utcnow()))
+        assert session.get(TenantRetention, tenant_id).originals_days == 1
     later = utcnow() + timedelta(days=2)
     dry = purge_once(settings, now=later, dry_run=True)
     assert set(scan_ids) <= set(dry.removed[TENANT]["originals"])
