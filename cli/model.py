@@ -54,6 +54,8 @@ def train(
     low_res_size: Annotated[int, typer.Option(help="Image side of that first phase, in pixels.")] = 96,
     patience: Annotated[int, typer.Option(
         help="Early stopping: epochs without a better validation loss before training ends.", min=1)] = 4,
+    model_version: Annotated[str | None, typer.Option(
+        help="Version written to the model card (default: 0.0.0-dev, or 0.0.1-test with --tiny).")] = None,
 ) -> None:
     """Train the CNN on a folder of images; writes weights + model card (with temperature)."""
     from research.train import TrainOptions, train_model
@@ -65,7 +67,7 @@ def train(
                         name=name, tiny=tiny, time_budget_s=time_budget_min * 60 or None,
                         learning_rate=learning_rate, lesion_weight=lesion_weight, init_from=init_from,
                         mirror=mirror, precision=precision, low_res_share=low_res_share,
-                        low_res_size=low_res_size, patience=patience)
+                        low_res_size=low_res_size, patience=patience, version=model_version)
     path = train_model(opts)
     typer.echo(f"saved {path}")
 

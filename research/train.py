@@ -44,6 +44,7 @@ class TrainOptions:
     tiny: bool = False
     learning_rate: float = 3e-3
     patience: int = 4
+    version: str | None = None  # the trained model's version for its card (None: the config's default)
     lesion_weight: float = 1.0  # auxiliary lesion-map loss, used when the folder has masks/
     init_from: Path | None = None  # continue from these weights (any layout weight injection reads)
     time_budget_s: float | None = None
@@ -419,8 +420,9 @@ def train_model(opts: TrainOptions) -> Path:
     from worker.model import ModelConfig, build_model, save_model_files
     from worker.model.card import sha256_file
 
-    config = (ModelConfig.tiny(name=opts.name, input_size=opts.input_size) if opts.tiny
-              else ModelConfig(name=opts.name, input_size=opts.input_size))
+    named = {"version": opts.version} if opts.version else {}
+    config = (ModelConfig.tiny(name=opts.name, input_size=opts.input_size, **named) if opts.tiny
+              else ModelConfig(name=opts.name, input_size=opts.input_size, **named))
     keras.utils.set_random_seed(opts.seed)
     # Without masks the lesion head gets all-zero targets at zero weight: one code path.
     mask_tr = masks[tr] if masks is not None else np.zeros_like(images[tr])

@@ -187,7 +187,7 @@ def test_progressive_resizing_trains_small_then_serves_full_size(dataset: Path, 
     out = tmp_path / "m"
     args = ["train", "--data", str(dataset), "--out", str(out), "--epochs", "4", "--batch-size", "8",
             "--val-fraction", "0.25", "--input-size", "64", "--name", "prog", "--tiny",
-            "--low-res-share", "0.5", "--low-res-size", "32"]
+            "--model-version", "2.0.0-test", "--low-res-share", "0.5", "--low-res-size", "32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     model = load_model(out, "prog")
@@ -195,6 +195,7 @@ def test_progressive_resizing_trains_small_then_serves_full_size(dataset: Path, 
     assert training["progressive_resizing"] == {"low_res_size": 32, "share": 0.5, "epochs_at_low_res": 2}
     assert training["epochs_run"] == 4 and len(training["history"]["loss"]) == 4
     assert model.input_size == 64  # the served network is the fixed-size one
+    assert model.version == "2.0.0-test"  # the run names its model's version
     assert 0.0 <= training["final_learning_rate"] < 0.05 * 3e-3  # one schedule across both phases
     bad = CliRunner().invoke(app, [*args[:-1], "30"])
     assert bad.exit_code != 0 and "multiple of 8" in str(bad.exception)

@@ -20,7 +20,9 @@ class ModelConfig:
     for Grad-CAM to point at a pituitary lesion a few millimetres wide."""
 
     name: str = "neuroscan-cnn"
-    version: str = "1.3.0"
+    # A trained model's version comes from its training run (`neuroscan train --model-version`);
+    # this default marks an architecture that no named run has produced.
+    version: str = "0.0.0-dev"
     input_size: int = 128
     # Sized for two CPU cores: ~0.25 M parameters, most of the width in the last block,
     # whose 16x16 maps Grad-CAM reads; the 64x64 and 32x32 blocks stay narrow because
@@ -88,9 +90,9 @@ class ModelConfig:
         return cls(**values)
 
     @classmethod
-    def tiny(cls, name: str = "neuroscan-tiny", input_size: int = 64) -> ModelConfig:
+    def tiny(cls, name: str = "neuroscan-tiny", input_size: int = 64, version: str = "0.0.1-test") -> ModelConfig:
         """A few thousand parameters: for tests that need real weights, fast."""
-        return cls(name=name, version="0.0.1-test", input_size=input_size, stem_filters=4,
+        return cls(name=name, version=version, input_size=input_size, stem_filters=4,
                    block_filters=(8, 12, 16), convs_per_block=1, last_block_dilation=1,
                    dropout=0.0)
 
