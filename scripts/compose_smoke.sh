@@ -43,6 +43,8 @@ ensure_docker() {
   command -v dockerd >/dev/null || missing+=(docker.io)
   { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing+=(docker-compose)
   command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  # The Colin27 head the test scans are drawn from (make test installs it too).
+  dpkg -s mricron-data >/dev/null 2>&1 || missing+=(mricron-data)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq
