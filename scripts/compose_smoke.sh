@@ -217,9 +217,10 @@ took compose_up
 passed "every service healthy, migrate exited 0"
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$(dc ps -q migrate)")" = 0 ] || fail "migrate did not exit 0"
 curl -fsS "$API/readyz" >/dev/null || fail "/readyz through the published port"
-curl -fsS "$API/" | grep -q 'NeuroScan AI Backend is Running' || fail "GET /"
+grep -q 'NeuroScan AI Backend is Running' <<<"$(curl -fsS "$API/")" || fail "GET /"
 passed "GET / and /readyz through the published port"
-curl -fsS "$API/metrics" | grep -q '^http_requests_total{handler="/readyz",method="GET",status="2xx"}' \
+metrics=$(curl -fsS "$API/metrics") || fail "GET /metrics"
+grep -q '^http_requests_total{handler="/readyz",method="GET",status="2xx"}' <<<"$metrics" \
   || fail "/metrics does not count the /readyz requests"
 passed "/metrics scraped from the api container"
 # env_file: a setting present only in the env file reached the worker.
@@ -261,7 +262,7 @@ passed "two workers healthy, Flower lists both"
 
 # --- 4. A batch, and a worker killed while it holds it --------------------------------------
 submit_and_kill() {
-  local since files=() f
+  local since files=() f logs
   since=$(date +%s)
   for f in "$WORK"/scans/*.png; do files+=(-F "files=@$f;type=image/png"); done
   BATCH=$(curl -fsS -H "Authorization: Bearer $KEY" "${files[@]}" "$API/v1/batches" | json 'd["id"]') \
@@ -270,12 +271,18 @@ submit_and_kill() {
   local victim="" deadline=$(( $(date +%s) + 60 ))
   while [ -z "$victim" ]; do
     for c in "${WORKERS[@]}"; do
-      if docker logs --since "$since" "$c" 2>&1 | grep -q 'neuroscan.process_scans\[.*\] received'; then victim=$c; break; fi
+      # (Captured first: with pipefail, grep -q closing the pipe early would read as a miss.)
+      logs=$(docker logs --since "$since" "$c" 2>&1)
+      if grep -q 'neuroscan.process_scans\[.*\] received' <<<"$logs"; then victim=$c; break; fi
     done
     [ -n "$victim" ] || { [ "$(date +%s)" -lt "$deadline" ] || fail "no worker received batch $BATCH in 60 s"; sleep 0.2; }
   done
   # ... and has claimed its scans (they carry its lease): the kill then lands mid-batch.
-  until batch_counts "$BATCH" | grep -q "'processing': [1-9]"; do
+  local now
+  while :; do
+    now=$(batch_counts "$BATCH")
+    echo "$now" | grep -q "'processing': [1-9]" && break
+    echo "$now" | grep -q "'queued': 0, 'processing': 0" && break  # done already: too late
     [ "$(date +%s)" -lt "$deadline" ] || break
     sleep 0.2
   done
