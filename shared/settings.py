@@ -122,10 +122,11 @@ class Settings(BaseSettings):
     # is queued and never wait). docs/performance.md.
     worker_max_batch: int = Field(default=32, ge=1, le=256)
     worker_batch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
-    # Threads for the per-image work around the model pass (decode, gate, preprocess,
-    # rendering, uploads), and TensorFlow's own pools (0: one per core). The defaults suit
+    # Threads for the per-image CPU work around the model pass (decode, gate, preprocess,
+    # rendering), for uploads, and TensorFlow's own pools (0: one per core). The defaults suit
     # a worker alone on two cores; lower them where it shares the machine.
     worker_threads: int = Field(default=2, ge=1, le=64)
+    worker_io_threads: int = Field(default=8, ge=1, le=64)
     tf_intra_op_threads: int = Field(default=0, ge=0)
     tf_inter_op_threads: int = Field(default=1, ge=0)
     # How often a worker polls the embedded (SQLite) broker for a new task; kombu's default

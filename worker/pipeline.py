@@ -40,7 +40,7 @@ from shared.states import JobState
 from shared.storage import Storage, get_storage
 from shared.wakeup import publish
 from worker.leases import Heartbeat, release
-from worker.parallel import parallel_map
+from worker.parallel import io_map, parallel_map
 
 if TYPE_CHECKING:
     from worker.inference import Analysis
@@ -157,22 +157,23 @@ def _decode(items: Sequence[Claimed]) -> tuple[list[tuple[Claimed, DecodedImage]
     return decoded, failed
 
 
-def _store(storage: Storage, item: Claimed, image: DecodedImage,
-           analysis: Analysis) -> dict[str, str]:
-    """Original and explanation images under deterministic names (a retry overwrites them)."""
-    refs = {"image_ref": storage.put("uploads", f"{item.scan_id}.{_EXTENSIONS[item.format]}",
-                                     item.data, item.media_type)}
+def _assets(item: Claimed, image: DecodedImage,
+            analysis: Analysis) -> list[tuple[str, str, str, bytes, str]]:
+    """(ref field, folder, name, bytes, media type) of the original and explanation images,
+    under deterministic names (a retry overwrites them)."""
+    out = [("image_ref", "uploads", f"{item.scan_id}.{_EXTENSIONS[item.format]}", item.data,
+            item.media_type)]
     if item.format not in _BROWSER_FORMATS:
         # The decoded, windowed frame the model saw (the DICOM was de-identified at intake;
         # the PNG carries pixels only), so that browsers and reports can show it.
-        refs["preview_ref"] = storage.put("results", f"{item.scan_id}-preview.png",
-                                          to_png_bytes(image.pixels), "image/png")
+        out.append(("preview_ref", "results", f"{item.scan_id}-preview.png",
+                    to_png_bytes(image.pixels), "image/png"))
     if analysis.heatmap_png is not None and analysis.overlay_png is not None:
-        refs["heatmap_ref"] = storage.put("results", f"{item.scan_id}-heatmap.png",
-                                          analysis.heatmap_png, "image/png")
-        refs["overlay_ref"] = storage.put("results", f"{item.scan_id}-overlay.png",
-                                          analysis.overlay_png, "image/png")
-    return refs
+        out.append(("heatmap_ref", "results", f"{item.scan_id}-heatmap.png",
+                    analysis.heatmap_png, "image/png"))
+        out.append(("overlay_ref", "results", f"{item.scan_id}-overlay.png",
+                    analysis.overlay_png, "image/png"))
+    return out
 
 
 def analyse_and_store(items: Sequence[Claimed], model: LoadedModel,
@@ -189,22 +190,28 @@ def analyse_and_store(items: Sequence[Claimed], model: LoadedModel,
     batch_timing = {"batch_size": len(items), "decode_ms": round((t1 - t0) * 1000, 2),
                     "inference_ms": round((t2 - t1) * 1000, 2)}
 
-    def store(job: tuple[tuple[Claimed, DecodedImage], Analysis]) -> Outcome:
-        (item, image), analysis = job
-        t_store = time.perf_counter()
-        fields: dict[str, Any] = {"gate": analysis.gate.to_dict(), **model_fields,
-                                  **_store(storage, item, image, analysis)}
-        timings = {**batch_timing, "storage_ms": round((time.perf_counter() - t_store) * 1000, 2)}
+    pairs = list(zip(decoded, analyses, strict=True))
+    assets = parallel_map(lambda pair: _assets(pair[0][0], pair[0][1], pair[1]), pairs)
+    # Every asset of the batch is uploaded at once on the I/O pool (Cloudinary: a round trip
+    # each), so a single scan's three uploads overlap too.
+    t3 = time.perf_counter()
+    uploads = [(k, asset) for k, scan_assets in enumerate(assets) for asset in scan_assets]
+    stored = io_map(lambda job: storage.put(*job[1][1:]), uploads)
+    refs: list[dict[str, str]] = [{} for _ in pairs]
+    for (k, asset), ref in zip(uploads, stored, strict=True):
+        refs[k][asset[0]] = ref
+    timings = {**batch_timing, "storage_ms": round((time.perf_counter() - t3) * 1000, 2)}
+    for ((item, _), analysis), scan_refs in zip(pairs, refs, strict=True):
+        fields: dict[str, Any] = {"gate": analysis.gate.to_dict(), **model_fields, **scan_refs,
+                                  "timings": dict(timings)}
         if not analysis.gate.accepted:
-            return Outcome(item.scan_id, JobState.FAILED, {
-                **fields, "timings": timings, "error_code": analysis.gate.code,
-                "error_message": analysis.gate.reason})
-        return Outcome(item.scan_id, JobState.SUCCEEDED, {
-            **fields, "timings": timings, "label": analysis.label,
-            "confidence": analysis.confidence, "probabilities": analysis.probabilities})
-
-    # Uploads overlap one another on the pool (Cloudinary is a round trip per asset).
-    outcomes += parallel_map(store, list(zip(decoded, analyses, strict=True)))
+            outcomes.append(Outcome(item.scan_id, JobState.FAILED, {
+                **fields, "error_code": analysis.gate.code,
+                "error_message": analysis.gate.reason}))
+        else:
+            outcomes.append(Outcome(item.scan_id, JobState.SUCCEEDED, {
+                **fields, "label": analysis.label, "confidence": analysis.confidence,
+                "probabilities": analysis.probabilities}))
     return outcomes
 
 

@@ -317,4 +317,5 @@ def test_storage_outage_is_retried_with_backoff(live_stack) -> None:
     with stack.client() as client:
         body = wait_for_scan(client, _submit(client, brain_png(71)))
     assert stack.standin.fail_uploads == 0
-    assert body["state"] == "succeeded" and body["attempts"] == 3
+    # A scan's three uploads run at once: the two failures land in one attempt or in two.
+    assert body["state"] == "succeeded" and body["attempts"] in (2, 3)
