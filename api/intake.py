@@ -28,7 +28,7 @@ from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
 from shared.deid import deidentify
 from shared.errors import InputError
 from shared.events import transition
-from shared.imaging import decode_and_check
+from shared.imaging import MEDIA_TYPES, decode_and_check
 from shared.queue import enqueue_scans, make_producer
 from shared.settings import Settings, get_settings
 from shared.states import JobState
@@ -36,7 +36,6 @@ from shared.states import JobState
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 1 << 20
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from shared.errors import InputError
 from shared.settings import Settings, get_settings
 
 ImageFormat = Literal["png", "jpeg", "dicom"]
+MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
 
 # Pillow refuses images above this many pixels (decompression bombs); our own limit is lower.
 Image.MAX_IMAGE_PIXELS = 8192 * 8192

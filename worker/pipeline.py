@@ -33,7 +33,7 @@ from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
 from shared.db.session import sync_session
 from shared.errors import InputError
 from shared.events import transition
-from shared.imaging import DecodedImage, decode_image, to_png_bytes
+from shared.imaging import MEDIA_TYPES, DecodedImage, decode_image, to_png_bytes
 from shared.lifecycle import settle_results
 from shared.settings import get_settings
 from shared.states import JobState
@@ -117,11 +117,16 @@ def claim(session: Session, scan_ids: Sequence[str], owner: str | None = None,
         row.lease_owner, row.lease_expires_at = owner, expires
         transition(session, row, JobState.PROCESSING)
         upload = uploads.get(row.id)
-        if upload is None:  # cannot happen through the API; say so rather than retry forever
+        if upload is not None:
+            data, media_type = upload.data, upload.media_type
+        elif row.image_ref:
+            # The database copy goes once a result is written (data lifecycle); a task
+            # delivered again after that reads the original back from storage.
+            data, media_type = get_storage().get(row.image_ref), MEDIA_TYPES[row.format]
+        else:  # cannot happen through the API; say so rather than retry forever
             fail_row(session, row, "upload_missing", "The uploaded file is no longer stored.")
             continue
-        claimed.append(Claimed(row.id, row.format, row.frame, upload.data, upload.media_type,
-                               row.created_at))
+        claimed.append(Claimed(row.id, row.format, row.frame, data, media_type, row.created_at))
     return claimed
 
 
