@@ -198,8 +198,10 @@ def test_worker_sigkill_mid_batch_recovers_without_manual_action(
 def test_poison_input_fails_alone(stack: LiveStack, client: httpx.Client) -> None:
     batch_id, ids = _upload(client, 8, poison=3)
     restarts: list[float] = []
-    took = _until(lambda: _counts(client, batch_id)["processing"] + _counts(
-        client, batch_id)["queued"] == 0, RECOVERY_GOAL_S + 60, "batch final", stack, restarts)
+    # One read for both counts: two reads could straddle a scan's queued -> processing step
+    # and see neither (CI caught the test ending with a batch-mate still processing).
+    took = _until(lambda: (c := _counts(client, batch_id))["processing"] + c["queued"] == 0,
+                  RECOVERY_GOAL_S + 60, "batch final", stack, restarts)
     audit = _check_all_final(stack, ids, failed={ids[3]: "poison_input"})
     _report("poison_input", scans=8, worker_deaths=len(restarts), final_s=round(took, 1),
             total_attempts=audit["claims"])
