@@ -21,11 +21,15 @@ def alembic_config(sync_url: str | None = None) -> Config:
 
 
 def upgrade_to_head(sync_url: str | None = None) -> None:
-    """`alembic upgrade head` against `sync_url` (default: the configured database)."""
+    """`alembic upgrade heads` against `sync_url` (default: the configured database).
+
+    "heads", not "head": a branch that adds a migration beside another one still upgrades;
+    a merge revision joins them before a release.
+    """
     url = sync_url or get_settings().sync_database_url
     if url.startswith("sqlite:///"):
         # The embedded default lives under ./var, which may not exist yet on a fresh clone.
         db_path = url.removeprefix("sqlite:///")
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url), "heads")
