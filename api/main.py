@@ -30,6 +30,7 @@ from api.routes import (
 )
 from shared.db.session import async_engine
 from shared.settings import get_settings
+from shared.storage import topology_problem
 
 DESCRIPTION = """
 Explainable brain-MRI tumour triage. Submit a slice (PNG, JPEG or DICOM) or a batch; a worker
@@ -62,6 +63,9 @@ _ROUTERS: list[APIRouter] = [
 
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    problem = topology_problem(get_settings())
+    if problem:  # uvicorn reports the startup failure and exits non-zero
+        raise RuntimeError(f"refusing to start: {problem}")
     yield
     await async_engine().dispose()
 

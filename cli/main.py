@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import client, dicom, lifecycle, model, service
+from cli import client, config, dicom, lifecycle, model, service
 
 app = typer.Typer(
     name="neuroscan",
@@ -38,6 +38,7 @@ app.command("api")(service.api)
 app.command("worker")(service.worker)
 app.command("migrate")(service.migrate)
 app.command("requeue")(service.requeue)
+app.command("settings")(config.settings)
 app.add_typer(service.keys_app, name="keys")
 app.command("dicom-listen")(dicom.dicom_listen)
 app.command("purge")(lifecycle.purge)

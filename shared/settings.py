@@ -32,13 +32,19 @@ class DicomTenant(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
+    # development: the embedded defaults are fine; production: real secrets and https-only
+    # webhooks are enforced.
     environment: Literal["development", "test", "production"] = "development"
 
     # --- data and queue -------------------------------------------------------------
+    # SQLite (embedded) or PostgreSQL; a plain `postgresql://...` URL as hosts give it works
+    # as is (the driver is picked here), `sslmode=` included.
     database_url: str = "sqlite+aiosqlite:///./var/neuroscan.db"
+    # Celery's broker: kombu's SQLAlchemy transport on SQLite (embedded) or `redis://...`.
     broker_url: str = "sqla+sqlite:///./var/broker.db"
     # The Celery queue the API sends to and workers consume (separate stacks can share a Redis).
     queue_name: str = "neuroscan"
+    # Where the embedded deployment keeps its database, broker and state.
     var_dir: Path = Path("./var")
 
     # --- database connections (one API process on two cores) --------------------------
@@ -63,34 +69,48 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=8192 * 8192, ge=64 * 64)
 
     # --- storage ----------------------------------------------------------------------
+    # Cloudinary credentials, as one URL (cloudinary://KEY:SECRET@CLOUD) or three names;
+    # unset: local disk under MEDIA_DIR. Images are `authenticated` assets reached through
+    # signed, expiring links.
     cloudinary_url: str | None = None
     cloudinary_cloud_name: str | None = None
     cloudinary_api_key: str | None = None
     cloudinary_api_secret: str | None = None
     # Where the SDK sends API calls; tests point it at a local stand-in server.
     cloudinary_upload_prefix: str | None = None
-    media_dir: Path = Path("./var/media")
-    signed_url_ttl_s: int = Field(default=3600, ge=60)
+    media_dir: Path = Path("./var/media")  # local image storage (one host only)
+    signed_url_ttl_s: int = Field(default=3600, ge=60)  # lifetime of image links, seconds
+    # How many hosts run the API or workers against this database and broker. Above 1, images
+    # must live where every host reaches them: Cloudinary, or a MEDIA_DIR that every host
+    # mounts (MEDIA_DIR_SHARED=true). API and worker refuse to start otherwise, because a
+    # result written to one host's disk is a broken link on all the others.
+    deployment_hosts: int = Field(default=1, ge=1)
+    media_dir_shared: bool = False  # MEDIA_DIR is a network filesystem mounted on every host
     # Signs local media links and other tokens; must be set in production.
     secret_key: str = "dev-secret-change-me"
 
     # --- HTTP ---------------------------------------------------------------------------
-    port: int = 8000
-    host: str = "127.0.0.1"
+    port: int = 8000  # the API's port (the API image sets 7860, as the original product did)
+    host: str = "127.0.0.1"  # the API's bind address
+    # The address clients reach the API at, for absolute links (webhooks, FHIR); unset: the
+    # request's own.
     public_base_url: str | None = None
-    cors_origins: list[str] = []
+    cors_origins: list[str] = []  # origins a browser page may call the API from (JSON list)
 
     # --- upload checks ------------------------------------------------------------------
-    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    max_batch_files: int = Field(default=1000, ge=1)
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # one file
+    max_batch_files: int = Field(default=1000, ge=1)  # files in one batch request
     # A ZIP batch: the most bytes its members may expand to, all together (zip bombs).
     max_archive_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+
+    # An image's smallest and largest side in pixels, and its widest aspect ratio.
     min_image_side: int = Field(default=64, ge=8)
     max_image_side: int = Field(default=8192, ge=64)
     max_aspect_ratio: float = Field(default=4.0, ge=1.0)
 
     # --- DICOM and de-identification ----------------------------------------------------
-    allowed_modalities: list[str] = ["MR"]
+    allowed_modalities: list[str] = ["MR"]  # DICOM Modality values accepted
+    # Accept DICOM whose BurnedInAnnotation is YES (text in the pixels is not removed).
     allow_burned_in_annotation: bool = False
 
     # --- DICOM networking and results back into the PACS (docs/hospital.md) -------------
@@ -111,11 +131,13 @@ class Settings(BaseSettings):
     dicom_reid_retention_s: int = Field(default=7 * 24 * 3600, ge=60)
 
     # --- model and worker ---------------------------------------------------------------
+    # The worker loads MODEL_DIR/MODEL_NAME.weights.h5 and checks it against its card.
     model_dir: Path = Path("./models")
     model_name: str = "neuroscan-cnn"
-    worker_batch_size: int = Field(default=16, ge=1, le=256)
+    worker_batch_size: int = Field(default=16, ge=1, le=256)  # scans per task message
+    # Messages a worker reserves ahead; 1 keeps waiting work on the queue for other workers.
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
-    worker_concurrency: int = Field(default=1, ge=1)
+    worker_concurrency: int = Field(default=1, ge=1)  # tasks one worker process runs at once
     # Dynamic batching: a task's own scans plus queued scans other tasks were sent for, up to
     # this many in one model pass (their own messages then find them leased or final), after
     # waiting at most WORKER_BATCH_WAIT_MS for more when the batch is not full (0: take what
@@ -132,7 +154,7 @@ class Settings(BaseSettings):
     # How often a worker polls the embedded (SQLite) broker for a new task; kombu's default
     # is 1 s, which was most of a single scan's latency. Ignored by Redis (it pushes).
     broker_polling_interval_s: float = Field(default=0.05, gt=0.0, le=5.0)
-    task_max_retries: int = Field(default=5, ge=0)
+    task_max_retries: int = Field(default=5, ge=0)  # transient failures retried, with backoff
     # Reliability: the database is the source of truth, the queue only a trigger (README,
     # "Guarantees"). The order that makes it work, checked below:
     #   heartbeat (lease/3) < SCAN_LEASE_S < RECONCILE_AGE_S
@@ -154,10 +176,11 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: int = Field(default=3600, ge=60)
 
     # --- webhooks -----------------------------------------------------------------------
-    webhook_secret: str | None = None
+    webhook_secret: str | None = None  # signs webhook bodies; unset: derived from SECRET_KEY
+    # Allow callback URLs on private/loopback addresses (off: no SSRF into the hospital).
     webhook_allow_private: bool = False
-    webhook_timeout_s: float = 10.0
-    webhook_max_attempts: int = Field(default=6, ge=1)
+    webhook_timeout_s: float = 10.0  # one delivery attempt
+    webhook_max_attempts: int = Field(default=6, ge=1)  # then the delivery is marked failed
 
     # --- data lifecycle (docs/operations.md, "Data we keep") -------------------------------
     # Days each kind of data is kept after its scan finished, unless the tenant has its own
@@ -173,10 +196,11 @@ class Settings(BaseSettings):
     purge_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     # --- operations ---------------------------------------------------------------------
+    # Flower's basic auth and port (`make flower`, the compose `flower` service).
     flower_user: str = "admin"
     flower_password: str = "change-me"
     flower_port: int = 5555
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # Python logging level of API and worker
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_production(self) -> Settings:

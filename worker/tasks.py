@@ -18,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.queue import DELIVER_WEBHOOK, PROCESS_SCANS, enqueue_scans, make_producer
 from shared.settings import get_settings
-from shared.storage import StorageError
+from shared.storage import StorageError, topology_problem
 from worker import pipeline
 from worker.celery_app import app
 from worker.reconciler import Reconciler
@@ -85,7 +85,12 @@ def _resend_alone(scan_ids: list[str]) -> None:
 def _load_model_or_exit(**_kwargs: Any) -> None:
     """Fail fast: load and hash-check the model before consuming anything. A worker whose
     weights are missing or differ from their card exits non-zero, so it never reports ready
-    (compose health check, Flower) and never claims a scan it cannot process."""
+    (compose health check, Flower) and never claims a scan it cannot process. The same for
+    storage that other hosts could not read (`topology_problem`)."""
+    problem = topology_problem(get_settings())
+    if problem:
+        log.critical("refusing to start: %s", problem)
+        raise SystemExit(1)
     try:
         pipeline.get_model()
     except Exception:

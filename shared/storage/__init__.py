@@ -12,7 +12,22 @@ from shared.settings import Settings, get_settings
 from shared.storage.base import Folder, Storage, StorageError, ref_backend
 from shared.storage.local import LocalStorage
 
-__all__ = ["Folder", "LocalStorage", "Storage", "StorageError", "get_storage", "ref_backend"]
+__all__ = ["Folder", "LocalStorage", "Storage", "StorageError", "get_storage", "ref_backend",
+           "topology_problem"]
+
+
+def topology_problem(s: Settings) -> str | None:
+    """Why this storage cannot serve the deployment described, or None when it can.
+
+    Local disk is one host's disk: with workers or API replicas on other hosts, a heatmap
+    written by a worker there is a 404 here. Refusing to start is kinder than broken links.
+    """
+    if s.deployment_hosts > 1 and s.cloudinary is None and not s.media_dir_shared:
+        return (f"DEPLOYMENT_HOSTS={s.deployment_hosts} but images would go to local disk "
+                f"({s.media_dir}), which the other hosts cannot read: set CLOUDINARY_URL, or "
+                "mount MEDIA_DIR on every host and set MEDIA_DIR_SHARED=true "
+                "(docs/operations.md, Scaling)")
+    return None
 
 
 def get_storage(settings: Settings | None = None) -> Storage:
