@@ -48,17 +48,18 @@ def stages(batch: int, size: int, repeats: int) -> dict[str, Any]:
     import cv2
 
     from shared.imaging import decode_image
-    from shared.preprocessing import preprocess_with_scaled, to_original_frame
+    from shared.preprocessing import preprocess
     from tests.support.images import brain_jpeg
     from worker import overlay
     from worker.gate import assess
     from worker.inference import analyse, run_batch_with_features
+    from worker.model.gradcam_postprocess import to_original_frame
     from worker.pipeline import get_model
 
     model = get_model()  # also sets the thread counts (OpenCV: one thread)
     blobs = [brain_jpeg(2000 + i, size=size) for i in range(batch)]
     images = [decode_image(b) for b in blobs]
-    prepared = [preprocess_with_scaled(img.pixels, model.input_size) for img in images]
+    prepared = [preprocess(img.pixels, model.input_size) for img in images]
     x = np.stack([p for p, _, _ in prepared])
     for _ in range(2):  # trace and warm the compiled graph
         run_batch_with_features(model, x, -2)
@@ -89,7 +90,7 @@ def stages(batch: int, size: int, repeats: int) -> dict[str, Any]:
         rows = {
             "decode": _median_ms(lambda: [decode_image(b) for b in blobs], repeats),
             "gate_rules": _median_ms(lambda: [assess(img) for img in images], repeats),
-            "preprocess": _median_ms(lambda: [preprocess_with_scaled(img.pixels, model.input_size)
+            "preprocess": _median_ms(lambda: [preprocess(img.pixels, model.input_size)
                                               for img in images], repeats),
             "model_gradcam": _median_ms(lambda: run_batch_with_features(model, x, -2), repeats),
             "map_back": _median_ms(lambda: [to_original_frame(cams[i], prepared[i][1],

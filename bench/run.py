@@ -92,7 +92,7 @@ def model_and_analyse(model_dir: Path, name: str, repeats: int) -> dict[str, Any
 
         model = get_model()
         images = [decode_image(b) for b in _slices(BATCH)]
-        x = np.stack([preprocess(img.pixels, model.input_size) for img in images])
+        x = np.stack([preprocess(img.pixels, model.input_size).image for img in images])
         for _ in range(3):  # trace and warm up
             run_batch_with_features(model, x, -2)
         analyse(images, model)

@@ -30,7 +30,7 @@ BATCH = 64
 def _trainer(config, precision: str):  # noqa: ANN001, ANN202 - Keras objects
     import keras
 
-    from research.train import lesion_loss, training_model
+    from research.training.lesion_supervision import lesion_loss, training_model
     from worker.model import build_model
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
@@ -48,7 +48,7 @@ def _trainer(config, precision: str):  # noqa: ANN001, ANN202 - Keras objects
 def measure(repeats: int, steps: int) -> dict:
     import tensorflow as tf
 
-    from research.train import resolve_precision
+    from research.training.precision import resolve_precision
     from worker.model import ModelConfig
 
     precision = resolve_precision("auto")

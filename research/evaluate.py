@@ -18,91 +18,49 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from research import metrics as M
-from research.train import list_folder
+from research.layout import list_folder, mask_path
 from research.transfer import to_markdown as transfer_markdown
 from research.transfer import transfer_report
 from shared.imaging import decode_image
-from shared.preprocessing import preprocess_with_box, to_original_frame
+from shared.preprocessing import preprocess
 
 CHUNK = 128
 POINTING_TOLERANCE = 0.015  # 1.5% of the longer side: 4 px at 256 px, about 3 mm of anatomy
 
 
-def _mask_for(data: Path, image_path: Path) -> np.ndarray | None:
-    path = data / "masks" / image_path.parent.name / f"{image_path.stem}.png"
-    if not path.is_file():
-        return None
-    mask = np.asarray(Image.open(path).convert("L")) > 127
-    return mask if mask.any() else None
+class _Scored(NamedTuple):
+    """One pass over a folder: every image's logits, the gate's verdicts, and for each image
+    with a lesion mask the localisation scores of its true class's map."""
+
+    logits: np.ndarray  # (N, C) served logits, before temperature
+    rejected: list[bool]  # the input gate refused the image
+    located: list[tuple[int, bool, bool, float]]  # (label, strict hit, tolerant hit, energy inside)
 
 
 def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
                     update_card: bool = False, with_ood: bool = True,
                     with_transfer: bool = True) -> dict[str, Any]:
     """All metrics for one model on one folder; see the module docstring."""
-    from worker.gate import assess
-    from worker.inference import logits_batch, run_batch
     from worker.model import load_model
-    from worker.model.loader import update_card as write_card_changes
 
     data, model_dir = Path(data), Path(model_dir)
     files, labels = list_folder(data)
     model = load_model(model_dir, name)
-    logits, rejected = [], []
-    hits, hits_tol, energy, loc_labels = [], [], [], []
     t0 = time.monotonic()
-    for start in range(0, len(files), CHUNK):
-        chunk_files, chunk_labels = files[start:start + CHUNK], labels[start:start + CHUNK]
-        decoded = [decode_image(f.read_bytes()) for f in chunk_files]
-        rejected += [not assess(d).accepted for d in decoded]
-        prepared = [preprocess_with_box(d.pixels, model.input_size) for d in decoded]
-        batch = np.stack([x for x, _ in prepared])
-        logits.append(logits_batch(model, batch))
-        _, cams = run_batch(model, batch, [int(c) for c in chunk_labels])  # true-class maps
-        for f, lab, d, (_, box), cam in zip(chunk_files, chunk_labels, decoded, prepared, cams, strict=True):
-            mask = _mask_for(data, f)
-            if mask is None:
-                continue
-            full = to_original_frame(cam, box, d.pixels.shape[:2])
-            if mask.shape != full.shape:
-                raise ValueError(f"{f}: mask {mask.shape} differs from the image {full.shape}")
-            tol = max(1, int(round(POINTING_TOLERANCE * max(full.shape))))
-            hits.append(M.pointing_hit(full, mask))
-            hits_tol.append(M.pointing_hit(full, mask, tolerance_px=tol))
-            energy.append(M.energy_inside(full, mask))
-            loc_labels.append(int(lab))
+    scored = _score_folder(model, data, files, labels)
     seconds = time.monotonic() - t0
-    all_logits = np.concatenate(logits)
-    classes = model.classes
-    cls = M.classification_summary(all_logits, labels, classes, model.temperature)
-
-    loc_labels_arr, hits_arr = np.asarray(loc_labels), np.asarray(hits, dtype=bool)
-    localisation: dict[str, Any] = {
-        "n_with_mask": len(hits),
-        "map": "Grad-CAM of the true class, in the original image frame",
-        "pointing_game": float(hits_arr.mean()) if hits else None,
-        "pointing_game_tolerant": float(np.mean(hits_tol)) if hits else None,
-        "tolerance_px_at_256": int(round(POINTING_TOLERANCE * 256)),
-        "energy_inside_lesion": float(np.mean(energy)) if hits else None,
-        "per_class": {classes[c]: {"n": int((loc_labels_arr == c).sum()),
-                                   "pointing_game": float(hits_arr[loc_labels_arr == c].mean()),
-                                   "energy_inside_lesion": float(np.asarray(energy)[loc_labels_arr == c].mean())}
-                      for c in sorted(set(loc_labels))},
-    }
-    gate: dict[str, Any] = {"false_reject_rate": float(np.mean(rejected)), "n": len(rejected)}
-    if with_ood:
-        from research.ood import ood_catch_rate
-
-        gate.update(ood_catch_rate())
+    cls = M.classification_summary(scored.logits, labels, model.classes, model.temperature)
+    localisation = _localisation(scored.located, model.classes)
+    gate = _gate(scored.rejected, with_ood)
     manifest = data / "manifest.json"
     source = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    correct = all_logits.argmax(axis=1) == labels
+    correct = scored.logits.argmax(axis=1) == labels
     transfer = transfer_report(data, model) if with_transfer else None
     strata = accuracy_strata(source, [f.relative_to(data).as_posix() for f in files], correct)
     report = {
@@ -117,11 +75,93 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         "transfer": transfer,
         "seconds": round(seconds, 1),
     }
-    report["summary"] = {
+    report["summary"] = _summary(report, model.temperature)
+    report["goals"] = goals_met(report["summary"])
+    if update_card:
+        _record_in_card(model, model_dir, name, report)
+    return report
+
+
+def _score_folder(model: Any, data: Path, files: list[Path], labels: np.ndarray) -> _Scored:
+    """Every image through the serving path, CHUNK at a time: decode, gate, preprocess, the
+    compiled graph; each true-class map taken back to the image's frame and scored against
+    its lesion mask."""
+    from worker.gate import assess
+    from worker.inference import logits_batch, run_batch
+    from worker.model.gradcam_postprocess import to_original_frame
+
+    logits, rejected, located = [], [], []
+    for start in range(0, len(files), CHUNK):
+        chunk_files, chunk_labels = files[start:start + CHUNK], labels[start:start + CHUNK]
+        decoded = [decode_image(f.read_bytes()) for f in chunk_files]
+        rejected += [not assess(d).accepted for d in decoded]
+        prepared = [preprocess(d.pixels, model.input_size) for d in decoded]
+        batch = np.stack([p.image for p in prepared])
+        logits.append(logits_batch(model, batch))
+        _, cams = run_batch(model, batch, [int(c) for c in chunk_labels])  # true-class maps
+        for f, lab, d, p, cam in zip(chunk_files, chunk_labels, decoded, prepared, cams, strict=True):
+            mask = _mask_for(data, f)
+            if mask is not None:
+                full = to_original_frame(cam, p.box, d.pixels.shape[:2])
+                located.append((int(lab), *_localisation_scores(f, full, mask)))
+    return _Scored(np.concatenate(logits), rejected, located)
+
+
+def _mask_for(data: Path, image_path: Path) -> np.ndarray | None:
+    path = mask_path(data, image_path)
+    if not path.is_file():
+        return None
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    return mask if mask.any() else None
+
+
+def _localisation_scores(image_path: Path, cam: np.ndarray, mask: np.ndarray) -> tuple[bool, bool, float]:
+    """(strict hit, tolerant hit, energy inside) of one map in the original frame."""
+    if mask.shape != cam.shape:
+        raise ValueError(f"{image_path}: mask {mask.shape} differs from the image {cam.shape}")
+    tol = max(1, int(round(POINTING_TOLERANCE * max(cam.shape))))
+    return (M.pointing_hit(cam, mask), M.pointing_hit(cam, mask, tolerance_px=tol),
+            M.energy_inside(cam, mask))
+
+
+def _localisation(located: list[tuple[int, bool, bool, float]], classes: Any) -> dict[str, Any]:
+    loc_labels = [lab for lab, _, _, _ in located]
+    hits = [hit for _, hit, _, _ in located]
+    hits_tol = [hit for _, _, hit, _ in located]
+    energy = [e for _, _, _, e in located]
+    loc_labels_arr, hits_arr = np.asarray(loc_labels), np.asarray(hits, dtype=bool)
+    return {
+        "n_with_mask": len(hits),
+        "map": "Grad-CAM of the true class, in the original image frame",
+        "pointing_game": float(hits_arr.mean()) if hits else None,
+        "pointing_game_tolerant": float(np.mean(hits_tol)) if hits else None,
+        "tolerance_px_at_256": int(round(POINTING_TOLERANCE * 256)),
+        "energy_inside_lesion": float(np.mean(energy)) if hits else None,
+        "per_class": {classes[c]: {"n": int((loc_labels_arr == c).sum()),
+                                   "pointing_game": float(hits_arr[loc_labels_arr == c].mean()),
+                                   "energy_inside_lesion": float(np.asarray(energy)[loc_labels_arr == c].mean())}
+                      for c in sorted(set(loc_labels))},
+    }
+
+
+def _gate(rejected: list[bool], with_ood: bool) -> dict[str, Any]:
+    """The gate's false-reject rate here and (optionally) its catch rate on the OOD set."""
+    gate: dict[str, Any] = {"false_reject_rate": float(np.mean(rejected)), "n": len(rejected)}
+    if with_ood:
+        from research.ood import ood_catch_rate
+
+        gate.update(ood_catch_rate())
+    return gate
+
+
+def _summary(report: dict[str, Any], temperature: float) -> dict[str, Any]:
+    cls, localisation, gate, transfer = (report["classification"], report["localisation"],
+                                         report["gate"], report["transfer"])
+    return {
         "accuracy": cls["accuracy"], "macro_f1": cls["macro_f1"],
         "roc_auc_macro": cls["roc_auc_ovr"]["macro"],
         "ece_before_t": cls["ece_before_t"], "ece_after_t": cls["ece_after_t"],
-        "temperature": model.temperature,
+        "temperature": temperature,
         "pointing_game": localisation["pointing_game"],
         "pointing_game_tolerant": localisation["pointing_game_tolerant"],
         "energy_inside_lesion": localisation["energy_inside_lesion"],
@@ -130,13 +170,16 @@ def evaluate_folder(data: Path, model_dir: Path, *, name: str = "neuroscan-cnn",
         "transfer_proxy": transfer["shifts"]["proxy_mean"] if transfer else None,
         "real_normal_notumor_rate": transfer["real_normal"]["notumor_rate"] if transfer else None,
     }
-    report["goals"] = goals_met(report["summary"])
-    if update_card:
-        card_metrics = dict(model.card.get("metrics", {}))
-        card_metrics["test"] = {"data": report["data"], **report["summary"]}
-        card_metrics["goals"] = report["goals"]
-        write_card_changes(model_dir, name, metrics=card_metrics)
-    return report
+
+
+def _record_in_card(model: Any, model_dir: Path, name: str, report: dict[str, Any]) -> None:
+    """The test metrics and goals into the model card (the weights' hash is untouched)."""
+    from worker.model.loader import update_card
+
+    card_metrics = dict(model.card.get("metrics", {}))
+    card_metrics["test"] = {"data": report["data"], **report["summary"]}
+    card_metrics["goals"] = report["goals"]
+    update_card(model_dir, name, metrics=card_metrics)
 
 
 def accuracy_strata(manifest: dict[str, Any], paths: list[str], correct: np.ndarray) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from research.train import list_folder
+from research.layout import list_folder
 from shared.imaging import decode_image
 from shared.preprocessing import preprocess
 
@@ -117,7 +117,7 @@ def shift_accuracy(data: Path, model: Any, *, limit: int = 800, seed: int = 0) -
     def accuracy(images: list[np.ndarray]) -> float:
         preds = []
         for s in range(0, len(images), 128):
-            batch = np.stack([preprocess(im, size) for im in images[s:s + 128]])
+            batch = np.stack([preprocess(im, size).image for im in images[s:s + 128]])
             preds.append(logits_batch(model, batch).argmax(axis=1))
         return float((np.concatenate(preds) == labels).mean())
 

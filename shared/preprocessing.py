@@ -1,7 +1,10 @@
 """The one preprocessing path: any decoded image -> the model's input tensor.
 
-Training, evaluation, the offline `predict` command and the worker all call
-`preprocess` (or `preprocess_batch`), so the network always sees the same thing.
+Training, evaluation, the offline `predict` command and the worker all call `preprocess`,
+so the network always sees the same thing (`tests/shared/test_preprocessing.py` checks that
+no other function prepares the model's input). The model input's crop box comes with it, so
+a map can be taken back to the image's own frame without recomputing it
+(`worker.model.gradcam_postprocess.to_original_frame`).
 NumPy and Pillow only: the API imports this module too, and has no TensorFlow.
 
 Steps, each for a reason:
@@ -16,8 +19,7 @@ Steps, each for a reason:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -72,45 +74,34 @@ def head_bounding_box(scaled: np.ndarray) -> tuple[int, int, int, int]:
     return max(0, top - margin), min(h, bottom + margin), max(0, left - margin), min(w, right + margin)
 
 
+def square_placement(h: int, w: int) -> tuple[int, int, int]:
+    """(side, row, column): the square an h x w crop is padded to, and where the crop sits in
+    it (centred). `to_original_frame` reads the same placement back."""
+    side = max(h, w)
+    return side, (side - h) // 2, (side - w) // 2
+
+
 def pad_to_square(img: np.ndarray) -> np.ndarray:
     h, w = img.shape
-    side = max(h, w)
+    side, y, x = square_placement(h, w)
     out = np.zeros((side, side), dtype=np.float32)
-    y, x = (side - h) // 2, (side - w) // 2
     out[y : y + h, x : x + w] = img
     return out
 
 
-def preprocess(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Any decoded image (HxW or HxWxC, any dtype) -> float32 (size, size, 1) in [0, 1]."""
-    return preprocess_with_box(pixels, size)[0]
+class Preprocessed(NamedTuple):
+    image: np.ndarray  # float32 (size, size, 1) in [0, 1]: the model's input
+    box: tuple[int, int, int, int]  # (top, bottom, left, right): the crop, in the image's pixels
+    scaled: np.ndarray  # float32 HxW, the whole frame scaled to [0, 1] (step 2); the overlay reuses it
 
 
-def preprocess_with_box(pixels: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """`preprocess`, plus the crop box it used (to map heatmaps back without recomputing it)."""
-    x, box, _ = preprocess_with_scaled(pixels, size)
-    return x, box
-
-
-def preprocess_with_scaled(pixels: np.ndarray, size: int
-                           ) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
-    """`preprocess_with_box`, plus the whole frame scaled to [0, 1] (step 2), which the
-    worker's overlay reuses instead of computing the percentiles again."""
+def preprocess(pixels: np.ndarray, size: int) -> Preprocessed:
+    """Any decoded image (HxW or HxWxC, any dtype) -> the model's input, the crop box it used
+    and the whole frame scaled to [0, 1] (which the worker's overlay reuses instead of
+    computing the percentiles again)."""
     scaled = scale_intensity(to_grayscale(pixels))
     box = head_bounding_box(scaled)
-    return to_model_frame(scaled, box, size)[..., np.newaxis], box, scaled
-
-
-def preprocess_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Several images -> float32 (N, size, size, 1)."""
-    if not images:
-        return np.zeros((0, size, size, 1), dtype=np.float32)
-    return np.stack([preprocess(img, size) for img in images])
-
-
-def crop_box_for(pixels: np.ndarray) -> tuple[int, int, int, int]:
-    """The crop `preprocess` applies to this image, in its own pixel coordinates."""
-    return head_bounding_box(scale_intensity(to_grayscale(pixels)))
+    return Preprocessed(to_model_frame(scaled, box, size)[..., np.newaxis], box, scaled)
 
 
 def to_model_frame(plane: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
@@ -119,21 +110,3 @@ def to_model_frame(plane: np.ndarray, box: tuple[int, int, int, int], size: int)
     square = pad_to_square(np.asarray(plane, dtype=np.float32)[top:bottom, left:right])
     resized = Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
-
-
-def to_original_frame(
-    plane: np.ndarray, box: tuple[int, int, int, int], original_shape: tuple[int, int]
-) -> np.ndarray:
-    """Inverse of `to_model_frame`: a (size, size) map (e.g. Grad-CAM) -> the original HxW frame.
-
-    Outside the crop box the result is 0 (the model never saw those pixels)."""
-    top, bottom, left, right = box
-    h, w = bottom - top, right - left
-    side = max(h, w)
-    square = Image.fromarray(np.asarray(plane, dtype=np.float32)).resize(
-        (side, side), Image.Resampling.BILINEAR
-    )
-    y, x = (side - h) // 2, (side - w) // 2
-    out = np.zeros(original_shape, dtype=np.float32)
-    out[top:bottom, left:right] = np.asarray(square, dtype=np.float32)[y : y + h, x : x + w]
-    return out

@@ -22,11 +22,12 @@ from shared.explanation import TUMOUR_CLASS, explained_label
 from shared.imaging import DecodedImage
 from shared.labels import CLASSES
 from shared.labels import class_index as index_of
-from shared.preprocessing import preprocess_with_scaled, to_original_frame
+from shared.preprocessing import preprocess
 from shared.settings import Settings, get_settings
 from worker import ood, overlay
 from worker.gate import GateOutcome, assess
 from worker.model.gradcam import make_explainer, make_logits
+from worker.model.gradcam_postprocess import to_original_frame
 from worker.model.loader import LoadedModel
 from worker.parallel import parallel_map
 
@@ -132,7 +133,7 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
     "notumor" finding the most likely tumour class, never a map of "no tumour"."""
     def gate_and_prepare(img: DecodedImage) -> tuple[GateOutcome, tuple | None]:
         gate = assess(img)
-        return gate, (preprocess_with_scaled(img.pixels, model.input_size) if gate.accepted
+        return gate, (preprocess(img.pixels, model.input_size) if gate.accepted
                       else None)
 
     first = parallel_map(gate_and_prepare, images)

@@ -144,12 +144,12 @@ def image_files(folder: Path) -> list[Path]:
 
 def features_of(model: LoadedModel, images: list[Any]) -> np.ndarray:
     """(N, F) pooled features of decoded images, from the served graph (rule-gate blind)."""
-    from shared.preprocessing import preprocess_with_box
+    from shared.preprocessing import preprocess
     from worker.inference import run_batch_with_features
 
     if not images:
         return np.zeros((0, 0))
-    batch = np.stack([preprocess_with_box(img.pixels, model.input_size)[0] for img in images])
+    batch = np.stack([preprocess(img.pixels, model.input_size).image for img in images])
     return run_batch_with_features(model, batch)[2]
 
 

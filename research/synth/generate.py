@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from research.layout import mask_path
+from shared.labels import CLASSES
+
 from . import lesions as L
 from .anatomy import load_anatomy
 from .framing import make_frame, sample_points, sample_view
 from .render import blend_lesion, degrade, jpeg, render_tissues, sample_contrast
 from .structures import add_bright_structures, periventricular_band, vary_anatomy
 
-CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 PHANTOMS = ("glioma", "meningioma")
 GENERATOR_VERSION = "1.3"
 # A slice is labelled with a tumour only when the tumour is visible in it, as in the clinical
@@ -135,7 +137,7 @@ def _write_one(job: tuple[Path, int, int, str, int]) -> dict:
     img, mask, meta = render_sample(sample_rng(seed, index), label, size)
     sid = f"{index:06d}"
     path = Path(label) / f"{sid}.png"
-    mpath = Path("masks") / label / f"{sid}.png"
+    mpath = mask_path(Path(), path)
     Image.fromarray(img).save(out_dir / path, optimize=False, compress_level=6)
     Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / mpath, compress_level=6)
     return {"id": sid, "label": label, "path": path.as_posix(), "mask": mpath.as_posix(),

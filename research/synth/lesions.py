@@ -143,56 +143,75 @@ def pituitary_sections(coords: np.ndarray, parts, mm_px: float):
 
 def draw(rng: np.random.Generator, les: Lesion, labels: np.ndarray, sections=None) -> Lesion:
     """Fill in the soft layers and the mask of a planned lesion (after mass effect)."""
-    shape, R = labels.shape, les.radius
-    soft = max(R * 0.06, 0.8)
     brain = np.isin(labels, BRAIN)
     if les.kind == "glioma":
-        grade = rng.choice(["low", "patchy", "ring"], p=[0.3, 0.25, 0.45])
-        radii = (R * rng.uniform(0.75, 1.2), R * rng.uniform(0.75, 1.2))
-        f = blob(rng, shape, les.center, radii, rng.uniform(0, np.pi), rng.uniform(0.15, 0.4))
-        body = _sig(f - 0.5, 0.05) * ndi.gaussian_filter(brain.astype(np.float32), 1.0)
-        k = rng.uniform(1.3, 2.3) if grade != "low" else rng.uniform(1.0, 1.5)
-        fo = blob(rng, shape, les.center, (radii[0] * k, radii[1] * k), rng.uniform(0, np.pi), 0.45)
-        wm = ndi.gaussian_filter((labels == WM).astype(np.float32), 1.5)
-        oed = _sig(fo - 0.5, 0.08) * (0.35 + 0.65 * wm) * brain
-        les.layers.append(("oedema", oed * rng.uniform(0.5, 1.0)))
-        if grade == "low":
-            les.layers.append(("nonenh", body))
-        else:
-            les.layers.append(("enh", body))
-            core = _sig(f - 0.5 - rng.uniform(0.1, 0.3), 0.04)
-            if grade == "patchy":  # enhancement only in patches, rest non-enhancing
-                les.layers.append(("nonenh", body * _sig(smooth_field(rng, shape, 12)[0], 0.3)))
-                core *= rng.uniform(0.0, 0.7)
-            les.layers.append(("necrosis", core))
-        les.mask = body > 0.5
-        les.info["grade"] = str(grade)
+        _draw_glioma(rng, les, labels, brain)
     elif les.kind == "meningioma":
-        gy, gx = np.gradient(ndi.gaussian_filter(brain.astype(np.float32), 3.0))
-        n = np.array([gy[les.center], gx[les.center]])
-        n = n / (np.linalg.norm(n) + 1e-6)
-        c = (les.center[0] + n[0] * R * 0.45, les.center[1] + n[1] * R * 0.45)
-        angle = np.arctan2(n[1], n[0])  # major axis along the dura (tangent), minor along n
-        radii = (R * rng.uniform(0.65, 0.95), R * rng.uniform(1.0, 1.35))
-        f = blob(rng, shape, c, radii, angle, rng.uniform(0.05, 0.15))
-        cranial = ndi.binary_fill_holes(ndi.binary_dilation(brain, iterations=2))
-        body = _sig(f - 0.5, 0.04) * ndi.gaussian_filter(cranial.astype(np.float32), soft)
-        les.layers.append(("menin", body))
-        # Dural tail: thin enhancing dura tapering away from the base along the brain edge.
-        edge = ndi.binary_dilation(brain, iterations=1) & ~ndi.binary_erosion(brain)
-        rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
-        dist = np.hypot(rr - les.center[0], cc - les.center[1])
-        tail = edge * np.clip(1.0 - dist / (R * rng.uniform(1.6, 2.4)), 0, 1)
-        les.layers.append(("menin", ndi.gaussian_filter(tail.astype(np.float32), 0.7) * rng.uniform(0.4, 1.0)))
-        les.mask = body > 0.5
-    else:  # pituitary: union of circular sections of the 3-D sellar/suprasellar spheres
-        f = np.zeros(shape, np.float32)
-        for row, col, rad in sections or []:
-            squash = rng.uniform(0.8, 1.1)
-            f = np.maximum(f, blob(rng, shape, (row, col), (rad * squash, rad), 0.0, 0.1))
-        body = _sig(f - 0.5, 0.05)
-        les.layers.append(("pit", body))
-        if rng.random() < 0.3:  # cystic / haemorrhagic part
-            les.layers.append(("necrosis", body * _sig(smooth_field(rng, shape, 16)[0] - 0.8, 0.2)))
-        les.mask = body > 0.5
+        _draw_meningioma(rng, les, brain)
+    else:
+        _draw_pituitary(rng, les, labels.shape, sections or [])
     return les
+
+
+def _draw_glioma(rng: np.random.Generator, les: Lesion, labels: np.ndarray, brain: np.ndarray) -> None:
+    """Intra-axial and infiltrative: a lobulated body in an oedema halo that follows white
+    matter; low grade (non-enhancing), patchy, or ring-enhancing around a necrotic core."""
+    shape, R = labels.shape, les.radius
+    grade = rng.choice(["low", "patchy", "ring"], p=[0.3, 0.25, 0.45])
+    radii = (R * rng.uniform(0.75, 1.2), R * rng.uniform(0.75, 1.2))
+    f = blob(rng, shape, les.center, radii, rng.uniform(0, np.pi), rng.uniform(0.15, 0.4))
+    body = _sig(f - 0.5, 0.05) * ndi.gaussian_filter(brain.astype(np.float32), 1.0)
+    k = rng.uniform(1.3, 2.3) if grade != "low" else rng.uniform(1.0, 1.5)
+    fo = blob(rng, shape, les.center, (radii[0] * k, radii[1] * k), rng.uniform(0, np.pi), 0.45)
+    wm = ndi.gaussian_filter((labels == WM).astype(np.float32), 1.5)
+    oed = _sig(fo - 0.5, 0.08) * (0.35 + 0.65 * wm) * brain
+    les.layers.append(("oedema", oed * rng.uniform(0.5, 1.0)))
+    if grade == "low":
+        les.layers.append(("nonenh", body))
+    else:
+        les.layers.append(("enh", body))
+        core = _sig(f - 0.5 - rng.uniform(0.1, 0.3), 0.04)
+        if grade == "patchy":  # enhancement only in patches, rest non-enhancing
+            les.layers.append(("nonenh", body * _sig(smooth_field(rng, shape, 12)[0], 0.3)))
+            core *= rng.uniform(0.0, 0.7)
+        les.layers.append(("necrosis", core))
+    les.mask = body > 0.5
+    les.info["grade"] = str(grade)
+
+
+def _draw_meningioma(rng: np.random.Generator, les: Lesion, brain: np.ndarray) -> None:
+    """Extra-axial and homogeneous: a body on its dural base, bulging inwards along the
+    brain's surface normal, with a dural tail (not part of the mask)."""
+    shape, R = brain.shape, les.radius
+    soft = max(R * 0.06, 0.8)
+    gy, gx = np.gradient(ndi.gaussian_filter(brain.astype(np.float32), 3.0))
+    n = np.array([gy[les.center], gx[les.center]])
+    n = n / (np.linalg.norm(n) + 1e-6)
+    c = (les.center[0] + n[0] * R * 0.45, les.center[1] + n[1] * R * 0.45)
+    angle = np.arctan2(n[1], n[0])  # major axis along the dura (tangent), minor along n
+    radii = (R * rng.uniform(0.65, 0.95), R * rng.uniform(1.0, 1.35))
+    f = blob(rng, shape, c, radii, angle, rng.uniform(0.05, 0.15))
+    cranial = ndi.binary_fill_holes(ndi.binary_dilation(brain, iterations=2))
+    body = _sig(f - 0.5, 0.04) * ndi.gaussian_filter(cranial.astype(np.float32), soft)
+    les.layers.append(("menin", body))
+    # Dural tail: thin enhancing dura tapering away from the base along the brain edge.
+    edge = ndi.binary_dilation(brain, iterations=1) & ~ndi.binary_erosion(brain)
+    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
+    dist = np.hypot(rr - les.center[0], cc - les.center[1])
+    tail = edge * np.clip(1.0 - dist / (R * rng.uniform(1.6, 2.4)), 0, 1)
+    les.layers.append(("menin", ndi.gaussian_filter(tail.astype(np.float32), 0.7) * rng.uniform(0.4, 1.0)))
+    les.mask = body > 0.5
+
+
+def _draw_pituitary(rng: np.random.Generator, les: Lesion, shape: tuple[int, int], sections) -> None:
+    """Sellar/suprasellar: the union of the slice's circular sections of the 3-D spheres
+    (`pituitary_sections`), sometimes with a cystic or haemorrhagic part."""
+    f = np.zeros(shape, np.float32)
+    for row, col, rad in sections:
+        squash = rng.uniform(0.8, 1.1)
+        f = np.maximum(f, blob(rng, shape, (row, col), (rad * squash, rad), 0.0, 0.1))
+    body = _sig(f - 0.5, 0.05)
+    les.layers.append(("pit", body))
+    if rng.random() < 0.3:  # cystic / haemorrhagic part
+        les.layers.append(("necrosis", body * _sig(smooth_field(rng, shape, 16)[0] - 0.8, 0.2)))
+    les.mask = body > 0.5

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .generate import CLASSES
+from shared.labels import CLASSES
 
 
 def make_montage(out_dir: Path, path: Path, cols: int = 8, tile: int = 150, outline: bool = False) -> Path:

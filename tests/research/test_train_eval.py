@@ -9,8 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from research.evaluate import evaluate_folder, write_reports
+from research.layout import list_folder
 from research.synth.generate import generate_dataset
-from research.train import TrainOptions, list_folder, load_folder, stratified_split, train_model
+from research.train import TrainOptions, train_model
+from research.training.data import load_folder, stratified_split
 from shared.labels import CLASSES
 from worker.model import load_model
 
@@ -129,58 +131,6 @@ def test_train_cli_warm_restart_records_the_starting_weights(model_dir: Path, da
     assert missing.exit_code != 0 and "--init-from" in missing.output
 
 
-def test_learning_rate_schedule_and_time_budget_plan() -> None:
-    from research.train import affordable_epochs, cosine_lr
-
-    peak, total, warm = 3e-3, 1000, 50
-    lrs = [cosine_lr(s, total, peak, warm) for s in range(total)]
-    assert lrs[0] == pytest.approx(peak / 10) and lrs[warm] == pytest.approx(peak)
-    assert all(a <= b for a, b in zip(lrs[:warm], lrs[1:warm + 1], strict=True))  # warm-up rises
-    assert all(a >= b for a, b in zip(lrs[warm:-1], lrs[warm + 1:], strict=True))  # then decays
-    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
-    # 100 s epochs, 1000 s budget, 300 s gone after 3 epochs: 7 more fit, capped by the plan.
-    assert affordable_epochs(20, 3, 300.0, 100.0, 1000.0) == 10
-    assert affordable_epochs(8, 3, 300.0, 100.0, 1000.0) == 8
-    assert affordable_epochs(20, 3, 990.0, 100.0, 1000.0) == 3  # nothing more fits: stop now
-    assert affordable_epochs(20, 3, 300.0, 100.0, None) == 20  # no budget: the plan stands
-
-
-def test_flip_and_rotate_is_one_exact_resampling() -> None:
-    import math
-
-    import numpy as np
-    import tensorflow as tf
-
-    from research.train import flip_and_rotate
-
-    images = tf.random.stateless_uniform([3, 32, 32, 2], seed=(1, 2))
-    ones, zeros = tf.ones([3]), tf.zeros([3])
-    np.testing.assert_array_equal(flip_and_rotate(images, ones, zeros).numpy(), images.numpy())
-    np.testing.assert_array_equal(flip_and_rotate(images, -ones, zeros).numpy(),
-                                  tf.reverse(images, axis=[2]).numpy())
-    quarter = flip_and_rotate(images, ones, tf.fill([3], math.pi / 2)).numpy()
-    assert min(np.abs(quarter - tf.image.rot90(images, k).numpy()).max() for k in (1, 3)) < 1e-4
-    # Mirrored and turned by a quarter: a transpose of the image, whichever way it turns.
-    both = flip_and_rotate(images, -ones, tf.fill([3], math.pi / 2)).numpy()
-    transposed = tf.transpose(images, [0, 2, 1, 3]).numpy()
-    assert min(np.abs(both - t).max() for t in (transposed, transposed[:, ::-1, ::-1])) < 1e-4
-
-
-def test_flip_and_rotate_scales_in_the_same_resampling() -> None:
-    import numpy as np
-    import tensorflow as tf
-
-    from research.train import flip_and_rotate
-
-    images = tf.random.stateless_uniform([2, 32, 32, 1], seed=(3, 4))
-    ones, zeros = tf.ones([2]), tf.zeros([2])
-    # Half size, no turn: output pixel (x, y) reads input (2x + 0.5, 2y + 0.5), the mean of a 2x2 block.
-    half = flip_and_rotate(images, ones, zeros, 16).numpy()
-    np.testing.assert_allclose(half, tf.nn.avg_pool2d(images, 2, 2, "VALID").numpy(), atol=1e-6)
-    mirrored = flip_and_rotate(images, -ones, zeros, 16).numpy()
-    np.testing.assert_allclose(mirrored, half[:, :, ::-1], atol=1e-6)
-
-
 def test_progressive_resizing_trains_small_then_serves_full_size(dataset: Path, tmp_path: Path) -> None:
     from cli.main import app
 
@@ -203,7 +153,7 @@ def test_progressive_resizing_trains_small_then_serves_full_size(dataset: Path, 
 
 def test_train_cli_on_two_folders_records_both(dataset: Path, tmp_path: Path) -> None:
     from cli.main import app
-    from research.train import cpu_has_bfloat16
+    from research.training.precision import cpu_has_bfloat16
 
     second = tmp_path / "second"
     generate_dataset(second, 16, seed=6, size=128, workers=1, progress=False)
@@ -222,36 +172,3 @@ def test_train_cli_on_two_folders_records_both(dataset: Path, tmp_path: Path) ->
     assert {w.dtype for w in model.model.weights} == {"float32"}
     assert model.model.get_layer("logits").compute_dtype == "float32"
     assert model.model.get_layer("block3_1_conv").compute_dtype == "float32"
-
-
-def test_flip_and_rotate_zoom_shrinks_about_the_centre() -> None:
-    import numpy as np
-    import tensorflow as tf
-
-    from research.train import flip_and_rotate
-
-    square = np.zeros((1, 33, 33, 1), np.float32)
-    square[0, 8:25, 8:25] = 1.0  # 17 px wide, centred
-    images = tf.constant(square)
-    ones, zeros = tf.ones([1]), tf.zeros([1])
-    np.testing.assert_array_equal(flip_and_rotate(images, ones, zeros, zoom=ones).numpy(), square)
-    half = flip_and_rotate(images, ones, zeros, zoom=tf.fill([1], 0.5)).numpy()[0, ..., 0]
-    rows = np.flatnonzero(half[:, 16] > 0.5)
-    assert rows.min() >= 11 and rows.max() <= 21 and abs(rows.mean() - 16) < 0.6  # half as wide, centred
-
-
-def test_random_intensity_curve_is_monotone_and_keeps_black_and_white() -> None:
-    import numpy as np
-    import tensorflow as tf
-
-    from research.train import random_intensity_curve
-
-    tf.random.set_seed(7)
-    ramp = np.linspace(0.0, 1.0, 101, dtype=np.float32)
-    x = tf.constant(np.tile(ramp[None, :, None, None], (16, 1, 1, 1)))
-    out = random_intensity_curve(x, share=1.0).numpy()[..., 0, 0]
-    assert np.all(np.diff(out, axis=1) >= -1e-6)  # monotone: anatomy keeps its order
-    np.testing.assert_allclose(out[:, 0], 0.0, atol=1e-6)  # air stays black
-    np.testing.assert_allclose(out[:, -1], 1.0, atol=1e-5)
-    assert np.abs(out - ramp).max() > 0.05  # and it does remap the levels
-    np.testing.assert_array_equal(random_intensity_curve(x, share=0.0).numpy(), x.numpy())

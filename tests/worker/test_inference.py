@@ -15,7 +15,7 @@ from PIL import Image
 from research.synth.generate import render_sample, sample_rng
 from shared.imaging import DecodedImage, decode_image
 from shared.labels import CLASSES
-from shared.preprocessing import crop_box_for
+from shared.preprocessing import preprocess
 from worker.inference import analyse
 from worker.model import ModelConfig, build_model, load_model, save_model_files
 
@@ -60,7 +60,7 @@ def test_accepted_results(model_dir: Path, scans) -> None:
         assert r.label == max(r.probabilities, key=r.probabilities.get)
         assert r.cam is not None and r.cam.shape == scan.pixels.shape[:2]
         assert r.cam.dtype == np.float32 and r.cam.min() >= 0.0 and r.cam.max() <= 1.0
-        top, bottom, left, right = crop_box_for(scan.pixels)
+        top, bottom, left, right = preprocess(scan.pixels, model.input_size).box
         outside = np.ones(r.cam.shape, bool)
         outside[top:bottom, left:right] = False
         assert not r.cam[outside].any()  # the model never saw pixels outside the crop
