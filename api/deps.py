@@ -120,12 +120,15 @@ ScanDep = Annotated[ScanResult, Depends(scan_dep)]
 BatchDep = Annotated[Batch, Depends(batch_dep)]
 
 
-def url_signer(request: Request, storage: StorageDep, settings: SettingsDep) -> Callable[[str], str]:
-    """refs -> signed, expiring links, absolute (relative local links get this request's host)."""
+def url_signer(request: Request, storage: StorageDep, settings: SettingsDep,
+               principal: CurrentPrincipal) -> Callable[[str], str]:
+    """refs -> signed, expiring links, absolute (relative local links get this request's host);
+    bound to the caller's tenant and key (shared/storage/signing.py)."""
     base = str(request.base_url).rstrip("/")
 
     def sign(ref: str) -> str:
-        url = storage.url(ref, settings.signed_url_ttl_s)
+        url = storage.url(ref, settings.signed_url_ttl_s, tenant_id=principal.tenant.id,
+                          key_id=principal.user.id)
         return base + url if url.startswith("/") else url
 
     return sign

@@ -28,7 +28,7 @@ from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
 from shared.deid import deidentify
 from shared.errors import InputError
 from shared.events import transition
-from shared.imaging import MEDIA_TYPES, decode_and_check
+from shared.imaging import MEDIA_TYPES, decode_and_check, strip_metadata
 from shared.queue import enqueue_scans, make_producer
 from shared.settings import Settings, get_settings
 from shared.states import JobState
@@ -76,7 +76,9 @@ def accept_upload(data: bytes, *, filename: str | None, frame: int | None, tenan
         deid = deidentify(data, tenant_id, settings)
         return AcceptedUpload(data=deid.data, format="dicom", filename=deid.stored_name,
                               frame=frame, patient_ref=deid.patient_ref, study_ref=deid.study_ref)
-    return AcceptedUpload(data=data, format=image.format, filename=_clean_filename(filename),
+    # PNG/JPEG: stored without EXIF/XMP/text chunks, pixels byte for byte the same.
+    return AcceptedUpload(data=strip_metadata(data), format=image.format,
+                          filename=_clean_filename(filename),
                           frame=frame)
 
 

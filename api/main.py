@@ -16,6 +16,7 @@ from starlette.formparsers import MultiPartParser
 from api.errors import install_error_handlers
 from api.guard import RequestGuard
 from api.routes import (
+    audit,
     batches,
     deletion,
     dicomweb,
@@ -58,6 +59,7 @@ _ROUTERS: list[APIRouter] = [
     series.router,
     dicomweb.router,
     deletion.router,
+    audit.router,
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import client, config, dicom, lifecycle, model, service
+from cli import audit, client, config, dicom, lifecycle, model, service
 
 app = typer.Typer(
     name="neuroscan",
@@ -44,6 +44,8 @@ app.command("dicom-listen")(dicom.dicom_listen)
 app.command("purge")(lifecycle.purge)
 app.command("export")(lifecycle.export)
 app.command("retention")(lifecycle.retention)
+app.add_typer(audit.audit_app, name="audit")
+app.command("privacy")(audit.privacy)
 
 # Model: data, training, evaluation, offline prediction.
 app.command("synth")(model.synth)

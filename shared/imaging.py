@@ -176,3 +176,144 @@ def decode_and_check(data: bytes, *, frame: int | None = None,
     img = decode_image(data, frame=frame)
     check_dimensions(img, s)
     return img
+
+
+# --- metadata: originals are stored without it ----------------------------------------------
+
+# PNG chunks kept: the critical ones and the ancillary ones that say how to show the pixels.
+# Everything else goes: tEXt/zTXt/iTXt (PatientName, Comment...), eXIf (GPS, camera, dates),
+# iCCP (a profile named and described in text), tIME, and private chunks of any name.
+_PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT",
+             b"bKGD", b"pHYs"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG segments dropped: APP1 (EXIF, XMP), APP12 (picture info), APP13 (Photoshop/IPTC), COM.
+_JPEG_DROP = {0xE1, 0xEC, 0xED, 0xFE}
+
+
+def strip_metadata(data: bytes) -> bytes:
+    """PNG and JPEG bytes without their metadata, pixels untouched; anything else as it is.
+
+    PNG: only the chunks that carry or show pixels are kept (`_PNG_KEEP`), byte for byte.
+    JPEG: APP1/APP12/APP13/COM segments are cut out at the byte level (no re-encoding), and
+    whatever follows the end-of-image marker goes too. Bytes that cannot be walked are kept
+    as they are: a PNG is then re-saved losslessly by Pillow (pixels only); a JPEG keeps what
+    its walk did not reach."""
+    fmt = sniff_format(data)
+    if fmt == "png":
+        return _strip_png(data)
+    if fmt == "jpeg":
+        return _strip_jpeg(data)
+    return data
+
+
+def _strip_png(data: bytes) -> bytes:
+    kept = [_PNG_SIGNATURE]
+    pos, dropped = len(_PNG_SIGNATURE), False
+    try:
+        while pos < len(data):
+            (length,) = struct.unpack(">I", data[pos:pos + 4])
+            kind = data[pos + 4:pos + 8]
+            end = pos + 12 + length
+            if len(kind) < 4 or end > len(data):
+                raise ValueError("truncated chunk")
+            if kind in _PNG_KEEP:
+                kept.append(data[pos:end])
+            else:
+                dropped = True
+            pos = end
+            if kind == b"IEND":
+                dropped = dropped or pos < len(data)
+                break
+        else:
+            raise ValueError("no IEND")
+    except (struct.error, ValueError):
+        return _resave_png(data)
+    return b"".join(kept) if dropped else data
+
+
+def _resave_png(data: bytes) -> bytes:
+    """Pixels (and palette, transparency) only, through Pillow: lossless for PNG."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        buf = io.BytesIO()
+        params: dict[str, Any] = {}
+        if "transparency" in img.info:
+            params["transparency"] = img.info["transparency"]
+        img.save(buf, format="PNG", **params)
+    return buf.getvalue()
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each piece of the file, entropy-coded data included (marker
+    0: the scan data after an SOS header), up to EOI; ValueError if malformed."""
+    if not data.startswith(b"\xff\xd8"):
+        raise ValueError("no SOI")
+    found = [(0xD8, 0, 2)]
+    pos, size = 2, len(data)
+    while pos < size:
+        if data[pos] != 0xFF:
+            raise ValueError(f"no marker at {pos}")
+        start = pos
+        while pos < size and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= size:
+            raise ValueError("truncated marker")
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI
+            found.append((marker, start, pos))
+            return found
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            found.append((marker, start, pos))
+            continue
+        if pos + 2 > size:
+            raise ValueError("truncated segment length")
+        (length,) = struct.unpack(">H", data[pos:pos + 2])
+        end = pos + length
+        if length < 2 or end > size:
+            raise ValueError("truncated segment")
+        found.append((marker, start, end))
+        pos = end
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next real marker
+            scan = pos
+            while pos < size - 1 and not (data[pos] == 0xFF and data[pos + 1] not in (
+                    0x00, *range(0xD0, 0xD8))):
+                pos += 1
+            if pos >= size - 1:
+                raise ValueError("scan data runs to the end")
+            found.append((0, scan, pos))
+    raise ValueError("no EOI")
+
+
+def _strip_jpeg(data: bytes) -> bytes:
+    kept: list[bytes] = []
+    try:
+        for marker, start, end in _jpeg_segments(data):
+            if marker not in _JPEG_DROP:
+                kept.append(data[start:end])
+    except ValueError:
+        return _strip_jpeg_header(data)
+    stripped = b"".join(kept)
+    return stripped if len(stripped) != len(data) else data
+
+
+def _strip_jpeg_header(data: bytes) -> bytes:
+    """The fallback for a JPEG whose scans cannot be walked: drop metadata segments before
+    the first scan, keep the rest as it is."""
+    kept: list[bytes] = [data[:2]]
+    pos = 2
+    try:
+        while pos + 4 <= len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker in (0xDA, 0xD9):
+                break
+            (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+            end = pos + 2 + length
+            if length < 2 or end > len(data):
+                return data
+            if marker not in _JPEG_DROP:
+                kept.append(data[pos:end])
+            pos = end
+    except struct.error:
+        return data
+    return b"".join(kept) + data[pos:]

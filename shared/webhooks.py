@@ -158,10 +158,23 @@ def verify(secret: bytes, timestamp: str, body: bytes, signature: str, *,
     return hmac.compare_digest(sign(secret, ts, body), signature)
 
 
-def build_payload(kind: str, body: dict[str, Any]) -> bytes:
-    """`{"event": "scan.finished", "scan": {...}}` or the batch equivalent, compact JSON."""
+def build_payload(kind: str, body: dict[str, Any], *, include_filenames: bool = False) -> bytes:
+    """`{"event": "scan.finished", "scan": {...}}` or the batch equivalent, compact JSON.
+
+    Client file names (which often name the patient) are left out, every `filename` at any
+    depth, unless the tenant opted in (`shared.audit.shares_filenames`)."""
+    if not include_filenames:
+        body = _without_filenames(body)
     return json.dumps({"event": f"{kind}.finished", kind: body}, separators=(",", ":"),
                       sort_keys=True, default=str).encode()
+
+
+def _without_filenames(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_filenames(v) for k, v in value.items() if k != "filename"}
+    if isinstance(value, list):
+        return [_without_filenames(v) for v in value]
+    return value
 
 
 def signed_headers(body: bytes, kind: str, settings: Settings | None = None,

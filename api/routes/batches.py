@@ -10,6 +10,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api import intake
+from api.audit import AuditTrailDep
 from api.deps import BatchDep, CurrentTenant, SessionDep, SettingsDep, UrlSigner
 from api.errors import error_response
 from shared.db.models import ScanResult
@@ -95,8 +96,10 @@ async def create_batch(
 
 @router.get("/{batch_id}", response_model=BatchOut, summary="One batch",
             responses={404: {"model": ErrorResponse, "description": "No such batch"}})
-async def read_batch(batch: BatchDep, session: SessionDep, sign_url: UrlSigner) -> BatchOut:
+async def read_batch(batch: BatchDep, session: SessionDep, sign_url: UrlSigner,
+                     trail: AuditTrailDep) -> BatchOut:
     """Counts per state, whether it is done, and every scan."""
+    trail.read("batch", f"batch:{batch.id}")
     scans = list(await session.scalars(select(ScanResult).where(
         ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id)
         .order_by(ScanResult.created_at, ScanResult.id)))

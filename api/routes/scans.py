@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from api import intake
+from api.audit import AuditTrailDep
 from api.deps import CurrentTenant, ScanDep, SessionDep, SettingsDep, UrlSigner
 from shared.db.models import ScanResult
 from shared.db.session import async_write_session
@@ -54,8 +55,9 @@ async def create_scan(
 
 @router.get("/{scan_id}", response_model=ScanOut, summary="One scan",
             responses={404: {"model": ErrorResponse, "description": "No such scan"}})
-async def read_scan(scan: ScanDep, sign_url: UrlSigner) -> ScanOut:
+async def read_scan(scan: ScanDep, sign_url: UrlSigner, trail: AuditTrailDep) -> ScanOut:
     """State, prediction with the four probabilities, signed image/heatmap links, model, timings."""
+    trail.read("result", f"scan:{scan.id}")
     return scan_out(scan, sign_url)
 
 
@@ -64,6 +66,7 @@ async def list_scans(
     session: SessionDep,
     tenant: CurrentTenant,
     sign_url: UrlSigner,
+    trail: AuditTrailDep,
     state: Annotated[JobState | None, Query(description="Only scans in this state")] = None,
     label: Annotated[str | None, Query(description=f"Only this label: {', '.join(CLASSES)}")] = None,
     batch_id: Annotated[str | None, Query(description="Only scans of this batch")] = None,
@@ -84,5 +87,6 @@ async def list_scans(
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
     rows = await session.scalars(query.order_by(ScanResult.created_at.desc(), ScanResult.id)
                                  .offset((page - 1) * page_size).limit(page_size))
-    return ScanPage(items=[scan_out(r, sign_url) for r in rows], page=page, page_size=page_size,
-                    total=int(total or 0))
+    items = [scan_out(r, sign_url) for r in rows]
+    trail.read("history", "scans", scans=[item.id for item in items])
+    return ScanPage(items=items, page=page, page_size=page_size, total=int(total or 0))

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
 from api import series_intake
+from api.audit import AuditTrailDep
 from api.deps import CurrentTenant, SessionDep, UrlSigner
 from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.models import ScanResult, utcnow
@@ -98,8 +99,10 @@ async def list_series(session: SessionDep, tenant: CurrentTenant,
 
 @router.get("/{series_id}", response_model=SeriesOut, summary="One series",
             responses={404: {"model": ErrorResponse, "description": "No such series"}})
-async def read_series(series: SeriesDep, session: SessionDep, sign_url: UrlSigner) -> SeriesOut:
+async def read_series(series: SeriesDep, session: SessionDep, sign_url: UrlSigner,
+                      trail: AuditTrailDep) -> SeriesOut:
     """The series finding, its key slice (with heatmap links) and every slice beneath."""
+    trail.read("series", f"series:{series.id}")
     rows = (await session.execute(
         select(DicomInstance.instance_number, ScanResult)
         .join(ScanResult, ScanResult.id == DicomInstance.scan_id)
@@ -137,7 +140,7 @@ async def read_series(series: SeriesDep, session: SessionDep, sign_url: UrlSigne
              summary="Mark a series complete",
              responses={404: {"model": ErrorResponse, "description": "No such series"}})
 async def complete_series(series: SeriesDep, session: SessionDep,
-                          sign_url: UrlSigner) -> SeriesOut:
+                          sign_url: UrlSigner, trail: AuditTrailDep) -> SeriesOut:
     """No more slices will come: the finding is made as soon as the slices are final,
     without waiting for the settle time."""
     series_id = series.id
@@ -149,4 +152,4 @@ async def complete_series(series: SeriesDep, session: SessionDep,
     await run_in_threadpool(series_intake.schedule_finalize, [series_id], 0)
     fresh = await session.get(DicomSeries, series_id, populate_existing=True)
     assert fresh is not None  # a series is never deleted while its tenant exists
-    return await read_series(fresh, session, sign_url)
+    return await read_series(fresh, session, sign_url, trail)

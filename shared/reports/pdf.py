@@ -2,7 +2,8 @@
 
 Inputs are the API's own view of a scan (`ScanOut` or the same as a dict) plus image bytes,
 so the report says exactly what the API says. All client-supplied text is escaped before it
-reaches reportlab's mini-markup.
+reaches reportlab's mini-markup. The client's file name (which often names the patient) is
+left out unless the tenant opted in (`include_filename(s)`; `neuroscan privacy`).
 """
 
 from __future__ import annotations
@@ -97,8 +98,13 @@ def _doc(buf: io.BytesIO, title: str, pagesize: tuple[float, float] = A4) -> Sim
                              bottomMargin=1.6 * cm)
 
 
+def _file_name(item: dict[str, Any], include: bool) -> str:
+    return _text(item.get("filename")) if include else "(withheld)"
+
+
 def render_scan_report(scan: Any, original_png: bytes | None, overlay_png: bytes | None,
-                       model_card: dict[str, Any] | None) -> bytes:
+                       model_card: dict[str, Any] | None, *,
+                       include_filename: bool = False) -> bytes:
     """One scan as a PDF: result, images, probabilities, gate, model, references, disclaimer."""
     s = _as_dict(scan)
     story: list[Any] = [Paragraph("NeuroScan — brain MRI AI triage report", _STYLES["Title"]),
@@ -135,7 +141,8 @@ def render_scan_report(scan: Any, original_png: bytes | None, overlay_png: bytes
     if prediction:
         story += [Paragraph("Class probabilities", _STYLES["Heading3"]),
                   _bar_chart(prediction.get("probabilities") or {})]
-    story += [Paragraph("Details", _STYLES["Heading3"]), _details_table(s, model_card)]
+    story += [Paragraph("Details", _STYLES["Heading3"]),
+              _details_table(s, model_card, include_filename)]
     buf = io.BytesIO()
     _doc(buf, f"NeuroScan report {s.get('id', '')}").build(
         story, onFirstPage=_footer, onLaterPages=_footer)
@@ -150,12 +157,13 @@ def _gate_text(gate: dict[str, Any] | None) -> str:
     return f"{outcome} ({_text(gate.get('code'))})" + (f": {_text(reason)}" if reason else "")
 
 
-def _details_table(s: dict[str, Any], card: dict[str, Any] | None) -> Table:
+def _details_table(s: dict[str, Any], card: dict[str, Any] | None,
+                   include_filename: bool = False) -> Table:
     model = s.get("model") or {}
     rows: list[tuple[str, str]] = [
         ("Scan ID", _text(s.get("id"))), ("Patient reference", _text(s.get("patient_ref"))),
         ("Study reference", _text(s.get("study_ref"))), ("Batch", _text(s.get("batch_id"))),
-        ("File", f"{_text(s.get('filename'))} ({_text(s.get('format'))}, "
+        ("File", f"{_file_name(s, include_filename)} ({_text(s.get('format'))}, "
                  f"{_text(s.get('size_bytes'))} bytes)"),
         ("Input gate", _gate_text(s.get("gate"))), ("State", _text(s.get("state"))),
         ("Submitted", _text(s.get("created_at"))), ("Started", _text(s.get("started_at"))),
@@ -173,7 +181,8 @@ def _details_table(s: dict[str, Any], card: dict[str, Any] | None) -> Table:
     return table
 
 
-def render_batch_report(batch: Any, scans: Sequence[Any]) -> bytes:
+def render_batch_report(batch: Any, scans: Sequence[Any], *,
+                        include_filenames: bool = False) -> bytes:
     """A batch as a PDF: counts, then one row per scan."""
     b = _as_dict(batch)
     items = [_as_dict(x) for x in scans]
@@ -192,7 +201,8 @@ def render_batch_report(batch: Any, scans: Sequence[Any]) -> bytes:
     for item in items:
         pred, err = item.get("prediction") or {}, item.get("error") or {}
         conf = pred.get("confidence")
-        cells = [_text(item.get("id")), _text(item.get("filename")), _text(item.get("state")),
+        cells = [_text(item.get("id")), _file_name(item, include_filenames),
+                 _text(item.get("state")),
                  _text(DISPLAY_NAMES.get(pred.get("label", ""), pred.get("label"))),
                  f"{conf:.1%}" if conf is not None else "—",
                  confidence_band(conf) if conf is not None else "—",

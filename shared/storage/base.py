@@ -29,8 +29,10 @@ class Storage(Protocol):
     def get(self, ref: str) -> bytes:
         ...
 
-    def url(self, ref: str, ttl_s: int) -> str:
-        """A link that works without other credentials for `ttl_s` seconds."""
+    def url(self, ref: str, ttl_s: int, *, tenant_id: str = "", key_id: str = "") -> str:
+        """A link that works without other credentials for `ttl_s` seconds, for the tenant
+        (and API key) it is made for; local links are bound to them, Cloudinary's by its own
+        signature of the asset."""
         ...
 
     def delete(self, folder: Folder, name: str) -> None:

@@ -71,7 +71,10 @@ class CloudinaryStorage:
         if result.get("result") not in ("ok", "not found"):
             raise StorageError(f"Cloudinary delete of {public_id} failed: {result}")
 
-    def url(self, ref: str, ttl_s: int) -> str:
+    def url(self, ref: str, ttl_s: int, *, tenant_id: str = "", key_id: str = "") -> str:
+        # Cloudinary signs the asset and expiry only: its links cannot name a tenant (each
+        # still names one scan's asset, handed out only to that scan's tenant).
+        del tenant_id, key_id
         public_id, fmt = self._parse(ref)
         return cloudinary.utils.private_download_url(
             public_id, fmt, type=DELIVERY_TYPE, expires_at=int(time.time()) + int(ttl_s),

@@ -55,9 +55,12 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"could not delete {folder}/{name}: {exc}") from exc
 
-    def url(self, ref: str, ttl_s: int) -> str:
+    def url(self, ref: str, ttl_s: int, *, tenant_id: str = "", key_id: str = "") -> str:
+        """A signed link bound to `tenant_id` (and the key it is handed to): the media route
+        serves it only for a file of that tenant's scans (shared/storage/signing.py)."""
         key = split_ref(ref, self.backend)
         expires = signing.expiry(ttl_s)
-        query = urlencode({"expires": expires, "sig": signing.sign(key, expires, self._secret)})
+        sig = signing.sign(key, expires, self._secret, tenant_id=tenant_id, key_id=key_id)
+        query = urlencode({"expires": expires, "t": tenant_id, "k": key_id, "sig": sig})
         # Relative unless PUBLIC_BASE_URL is set; the API makes it absolute per request.
         return f"{self._base}{MEDIA_ROUTE}/{key}?{query}"

@@ -132,8 +132,15 @@ async def test_media_links_are_signed_and_expire(client: httpx.AsyncClient, root
     from shared.storage import get_storage
 
     storage = get_storage()
-    ref = storage.put("results", "abc-heatmap.png", b"\x89PNG\r\n\x1a\nfake", "image/png")
-    url = storage.url(ref, 60)
+    with sync_session() as session:  # links are bound to the tenant owning the scan
+        tenant_id = (await client.get("/v1/me")).json()["tenant"]["id"]
+        scan = ScanResult(tenant_id=tenant_id, state="succeeded", format="png", size_bytes=1,
+                          sha256="0" * 64)
+        session.add(scan)
+        session.flush()
+        name = f"{scan.id}-heatmap.png"
+    ref = storage.put("results", name, b"\x89PNG\r\n\x1a\nfake", "image/png")
+    url = storage.url(ref, 60, tenant_id=tenant_id)
     ok = await client.get(url, headers={"Authorization": ""})
     assert ok.status_code == 200 and ok.content == b"\x89PNG\r\n\x1a\nfake"
     assert ok.headers["content-type"] == "image/png"
@@ -141,10 +148,10 @@ async def test_media_links_are_signed_and_expire(client: httpx.AsyncClient, root
     path = urlsplit(url).path
     bad_sig = await client.get(path, params={"expires": query["expires"][0], "sig": "0" * 64})
     assert (bad_sig.status_code, bad_sig.json()["error"]["code"]) == (403, "invalid_signature")
-    other = await client.get(path.replace("abc-heatmap", "abc-overlay"),
+    other = await client.get(path.replace("-heatmap", "-overlay"),
                              params={k: v[0] for k, v in query.items()})
     assert other.status_code == 403
-    expired = storage.url(ref, -10)
+    expired = storage.url(ref, -10, tenant_id=tenant_id)
     r = await client.get(expired)
     assert (r.status_code, r.json()["error"]["code"]) == (403, "link_expired")
     assert (await client.get("/media/results/..%2F..%2Fdb.sqlite",
