@@ -6,19 +6,28 @@ A pure ASGI middleware, so no byte of the body is read for a caller without a go
 allowed is answered 413 unread; a chunked body is cut off, 413, as soon as it passes the limit.
 The key's lookup takes a pooled connection for one indexed query and gives it back before the
 request goes on (one connection per request at most, issue 18); routes find the caller in
-`request.state.principal`.
+`request.state.principal`. An expired or revoked key is answered 401 with its own code
+(`key_expired`, `key_revoked`); a key past its budget per minute, or with all its event
+streams open, 429 with Retry-After (api/ratelimit.py) — all before the body is read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import Principal, lookup_principal, unauthorized_response
+from api.deps import Principal
 from api.errors import error_response, unavailable_response
+from api.ratelimit import Refusal, key_limiter
+from shared.db.session import async_session_factory, async_write_session
+from shared.db.tenants import KeyCheck, check_key, last_use_due, record_last_use
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 # Multipart framing around one file: `POST /v1/scans` may carry max_upload_bytes plus this.
 MULTIPART_SLACK = 64 * 1024
@@ -36,6 +45,53 @@ def _needs_key(scope: Scope) -> bool:
     # CORS preflights carry no credentials by design; the CORS middleware answers them.
     return ((path == "/v1" or path.startswith(("/v1/", "/dicomweb/")))
             and scope["method"] != "OPTIONS")
+
+
+def _is_stream(scope: Scope) -> bool:
+    return scope["method"] == "GET" and scope["path"].rstrip("/").endswith("/events")
+
+
+def _unauthorized(code: str, message: str) -> Any:
+    return error_response(401, code, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _too_many(refusal: Refusal) -> Any:
+    # The body, if any, is left unread: the connection cannot be reused.
+    return error_response(429, refusal.code, refusal.message, headers={
+        "Retry-After": str(refusal.retry_after_s), "RateLimit-Limit": str(refusal.limit),
+        "Connection": "close"})
+
+
+async def _lookup(token: str) -> KeyCheck:
+    """The key's check, in a session of its own that is closed (its connection back in the
+    pool) before this returns: authentication never holds a connection."""
+    async with async_session_factory()() as session:
+        return await check_key(session, token)
+
+
+# Last-use stamps in flight (one per key at a time) and the tasks writing them.
+_stamping: set[str] = set()
+_stamp_tasks: set[asyncio.Task[None]] = set()
+
+
+async def _stamp_last_use(key_id: str) -> None:
+    try:
+        async with async_write_session() as session:
+            await record_last_use(session, key_id)
+    except Exception as exc:  # busy or down: the stamp waits for the key's next request
+        log.debug("last use of key %s not recorded: %s", key_id, exc)
+    finally:
+        _stamping.discard(key_id)
+
+
+def _schedule_last_use(key_id: str) -> None:
+    """Stamp `last_used_at` after the request, never in its way."""
+    if key_id in _stamping:
+        return
+    _stamping.add(key_id)
+    task = asyncio.create_task(_stamp_last_use(key_id))
+    _stamp_tasks.add(task)
+    task.add_done_callback(_stamp_tasks.discard)
 
 
 def _too_large(limit: int) -> Any:
@@ -58,10 +114,16 @@ class RequestGuard:
         headers = Headers(scope=scope)
         limit = body_limit(scope, settings)
         declared = headers.get("content-length")
+        principal: Principal | None = None
         if _needs_key(scope):
             answer = await self._authenticate(scope, headers, settings)
             if answer is not None:
                 await answer(scope, receive, send)
+                return
+            principal = scope["state"]["principal"]
+            refusal = await key_limiter(settings).hit(principal.user.id, scope["method"])
+            if refusal is not None:
+                await _too_many(refusal)(scope, receive, send)
                 return
         if declared is not None:
             try:
@@ -71,23 +133,33 @@ class RequestGuard:
             if too_large:
                 await _too_large(limit)(scope, receive, send)
                 return
+        if principal is not None and _is_stream(scope):
+            async with key_limiter(settings).stream_slot(principal.user.id) as refusal:
+                if refusal is not None:
+                    await _too_many(refusal)(scope, receive, send)
+                    return
+                await self._capped(scope, receive, send, limit)
+            return
         await self._capped(scope, receive, send, limit)
 
     async def _authenticate(self, scope: Scope, headers: Headers, settings: Settings) -> Any:
         """None when the caller is known (and recorded in the scope); else the answer to send."""
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return unauthorized_response("Send an API key as `Authorization: Bearer <key>`.")
+            return _unauthorized("unauthorized", "Send an API key as `Authorization: Bearer <key>`.")
         try:
-            principal: Principal | None = await lookup_principal(token.strip())
+            found = await _lookup(token.strip())
         except Exception as exc:  # pool exhausted or database down: a clear 503, never a 500
             answer = unavailable_response(exc, settings)
             if answer is None:
                 raise
             return answer
-        if principal is None:
-            return unauthorized_response("The API key is unknown or revoked.")
-        scope.setdefault("state", {})["principal"] = principal
+        if found.problem is not None:
+            return _unauthorized(found.problem, found.message)
+        assert found.tenant is not None and found.user is not None
+        if last_use_due(found.user):
+            _schedule_last_use(found.user.id)
+        scope.setdefault("state", {})["principal"] = Principal(found.tenant, found.user)
         return None
 
     async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:

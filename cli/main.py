@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import audit, client, config, dicom, lifecycle, model, service
+from cli import audit, client, config, dicom, keys, lifecycle, model, service
 
 app = typer.Typer(
     name="neuroscan",
@@ -39,7 +39,8 @@ app.command("worker")(service.worker)
 app.command("migrate")(service.migrate)
 app.command("requeue")(service.requeue)
 app.command("settings")(config.settings)
-app.add_typer(service.keys_app, name="keys")
+app.add_typer(keys.keys_app, name="keys")
+app.command("webhook-secret")(keys.webhook_secret)
 app.command("dicom-listen")(dicom.dicom_listen)
 app.command("purge")(lifecycle.purge)
 app.command("export")(lifecycle.export)

@@ -16,8 +16,6 @@ from typing import Annotated
 
 import typer
 
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
-
 LOCAL_TENANT = "local"
 # SSE streams end only when their scan does, so uvicorn would wait for them forever on
 # shutdown; clients resume with Last-Event-ID, so cutting them after a few seconds loses nothing.
@@ -33,22 +31,6 @@ def migrate() -> None:
     typer.echo("database is up to date")
 
 
-@keys_app.command("create")
-def create_key(
-    tenant: Annotated[str, typer.Option(help="Tenant (hospital) name; created if new.")],
-    user: Annotated[str, typer.Option(help="Name of the user or system holding the key.")] = "api",
-) -> None:
-    """Create an API key; it is printed once, alone on the last line, and stored only hashed."""
-    from shared.db.session import sync_session
-    from shared.db.tenants import issue_key
-
-    with sync_session() as session:
-        issued = issue_key(session, tenant, user)
-        typer.echo(f"tenant {issued.tenant.name} ({issued.tenant.id}), user {issued.user.name}, "
-                   f"key prefix {issued.user.api_key_prefix}")
-    typer.echo(issued.key)
-
-
 def local_api_key(var_dir: Path) -> str:
     """The local tenant's key for the embedded default: issued on first start, then read back.
 
@@ -59,14 +41,14 @@ def local_api_key(var_dir: Path) -> str:
 
     from shared.db.models import User
     from shared.db.session import sync_session
-    from shared.db.tenants import hash_api_key, issue_key
+    from shared.db.tenants import hash_api_key, issue_key, key_state
 
     path = var_dir / _KEY_FILE
     with sync_session() as session:
         if path.is_file():
             key = path.read_text().strip()
-            if session.scalar(select(User.id).where(User.api_key_hash == hash_api_key(key),
-                                                    User.revoked_at.is_(None))):
+            user = session.scalar(select(User).where(User.api_key_hash == hash_api_key(key)))
+            if user is not None and key_state(user) in ("active", "revoking"):
                 return key
         key = issue_key(session, LOCAL_TENANT, "local-admin").key
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +82,13 @@ def worker(
     os.execv(argv[0], argv)
 
 
+def proxy_options(trusted: list[str]) -> dict[str, object]:
+    """uvicorn's forwarded-header handling: X-Forwarded-For/-Proto believed only from
+    TRUSTED_PROXIES; none by default (uvicorn's own default trusts 127.0.0.1, so that any local
+    process could claim another address)."""
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": list(trusted) or None}
+
+
 def api(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: PORT).")] = None,
@@ -110,8 +99,9 @@ def api(
     from shared.settings import get_settings
 
     s = get_settings()
-    uvicorn.run("api.main:app", host=host or s.host, port=port or s.port, proxy_headers=True,
-                log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    uvicorn.run("api.main:app", host=host or s.host, port=port or s.port,
+                log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                **proxy_options(s.trusted_proxies))
 
 
 def serve(
@@ -143,7 +133,8 @@ def serve(
                     fg="green", bold=True)
         typer.echo(f"API key (tenant '{LOCAL_TENANT}'): {key}\n")
         uvicorn.run("api.main:app", host=bind_host, port=bind_port,
-                    log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                    log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                    **proxy_options(s.trusted_proxies))
     except SystemExit:
         pass
     finally:

@@ -7,15 +7,22 @@ transport on SQLite as the broker, local disk for images.
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlparse
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret-change-me"}
+_PLACEHOLDER_WORDS = ("change", "example", "placeholder", "default", "secret-key")
+_WEAK_SECRETS_ALLOWED = ("development", "test")
+MIN_SECRET_KEY_LENGTH = 32
+SECRET_KEY_FILE = "secret_key"
 
 
 class DicomTenant(BaseModel):
@@ -32,9 +39,9 @@ class DicomTenant(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    # development: the embedded defaults are fine; production: real secrets and https-only
-    # webhooks are enforced.
-    environment: Literal["development", "test", "production"] = "development"
+    # development or test: an explicit opt-in to weak secrets (SECRET_KEY); production:
+    # https-only webhooks too. Unset or anything else: a weak SECRET_KEY is refused.
+    environment: Literal["development", "test", "production"] | None = None
 
     # --- data and queue -------------------------------------------------------------
     # SQLite (embedded) or PostgreSQL; a plain `postgresql://...` URL as hosts give it works
@@ -86,8 +93,11 @@ class Settings(BaseSettings):
     # result written to one host's disk is a broken link on all the others.
     deployment_hosts: int = Field(default=1, ge=1)
     media_dir_shared: bool = False  # MEDIA_DIR is a network filesystem mounted on every host
-    # Signs local media links and other tokens; must be set in production.
-    secret_key: str = "dev-secret-change-me"
+    # Signs local media links, pseudonyms and other tokens: at least 32 characters (openssl
+    # rand -hex 32). Unset: read from VAR_DIR/secret_key, which the embedded (SQLite)
+    # deployment writes with a random one on first start. Short or placeholder values are
+    # refused unless ENVIRONMENT is development or test.
+    secret_key: str = ""
 
     # --- HTTP ---------------------------------------------------------------------------
     port: int = 8000  # the API's port (the API image sets 7860, as the original product did)
@@ -96,6 +106,23 @@ class Settings(BaseSettings):
     # request's own.
     public_base_url: str | None = None
     cors_origins: list[str] = []  # origins a browser page may call the API from (JSON list)
+    # Reverse proxies whose X-Forwarded-For/-Proto headers are believed (addresses or
+    # networks, comma-separated; "*" any): passed to uvicorn. Empty: none, the peer is the
+    # client.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+
+    # --- API keys and rate limits (docs/operations.md, "Keys and secrets") -----------------
+    # A new key's lifetime in days unless `keys create --expires-in` says otherwise; 0: keys
+    # do not expire.
+    api_key_lifetime_days: int = Field(default=365, ge=0)
+    # Requests per minute per API key (a moving window), uploads (POST, PUT, PATCH, DELETE)
+    # and reads (GET, HEAD) counted apart; beyond: 429 + Retry-After. 0: no limit.
+    rate_limit_uploads_per_min: int = Field(default=3000, ge=0)
+    rate_limit_reads_per_min: int = Field(default=30000, ge=0)
+    sse_streams_per_key: int = Field(default=32, ge=0)  # open event streams per key; 0: no cap
+    # Where the counters live: memory:// (one API process) or redis://...; unset: the broker's
+    # Redis when BROKER_URL is redis://, else memory.
+    rate_limit_storage_url: str | None = None
 
     # --- upload checks ------------------------------------------------------------------
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # one file
@@ -202,10 +229,29 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     log_level: str = "INFO"  # Python logging level of API and worker
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
-    def _refuse_placeholder_secrets_in_production(self) -> Settings:
-        if self.environment == "production" and self.secret_key in _PLACEHOLDER_SECRETS:
-            raise ValueError("SECRET_KEY must be set to a real secret when ENVIRONMENT=production")
+    def _refuse_weak_secret_key(self) -> Settings:
+        """Outside an explicit ENVIRONMENT=development/test, a weak SECRET_KEY stops the
+        process at start: whoever forgets ENVIRONMENT gets the strict rule, not the lax one."""
+        if not self.secret_key:
+            self.secret_key = stored_secret_key(self)
+        problem = secret_key_problem(self.secret_key)
+        if problem and self.environment not in _WEAK_SECRETS_ALLOWED:
+            raise ValueError(
+                f"refusing to start: SECRET_KEY {problem}. Set it to a random value of at least "
+                f"{MIN_SECRET_KEY_LENGTH} characters (e.g. `openssl rand -hex 32`), or unset it "
+                "in the embedded deployment to have one generated; weak secrets are accepted "
+                "only with ENVIRONMENT=development or test")
         return self
 
     @model_validator(mode="after")
@@ -251,6 +297,45 @@ class Settings(BaseSettings):
         if any(names):
             raise ValueError("set all three of CLOUDINARY_CLOUD_NAME, CLOUDINARY_API_KEY, CLOUDINARY_API_SECRET")
         return None
+
+
+def secret_key_problem(value: str) -> str | None:
+    """Why this SECRET_KEY is weak, or None."""
+    if value.strip().lower() in _PLACEHOLDER_SECRETS or any(
+            word in value.lower() for word in _PLACEHOLDER_WORDS):
+        return "is a placeholder"
+    if len(value) < MIN_SECRET_KEY_LENGTH:
+        return f"is shorter than {MIN_SECRET_KEY_LENGTH} characters"
+    if len(set(value)) < 8:
+        return "repeats too few characters to be random"
+    return None
+
+
+def stored_secret_key(settings: Settings) -> str:
+    """The secret in VAR_DIR/secret_key; written (random, mode 0600) when the deployment is the
+    embedded one, whose processes all share VAR_DIR. Elsewhere a missing one is refused: API
+    and workers on other hosts would each make their own."""
+    path = settings.var_dir / SECRET_KEY_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    if not (settings.uses_sqlite or settings.environment in _WEAK_SECRETS_ALLOWED):
+        raise ValueError("refusing to start: SECRET_KEY is not set. Set it to a random value "
+                         f"of at least {MIN_SECRET_KEY_LENGTH} characters (e.g. `openssl rand "
+                         "-hex 32`), the same on every host")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside and linked into place: of two processes starting together, one wins and
+    # both read the winner's secret, never a half-written file.
+    tmp = path.with_name(f".{SECRET_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 def _with_driver(url: str, *, asyncio: bool) -> str:

@@ -10,8 +10,9 @@ redirects are never followed.
 
 Signature: `X-NeuroScan-Timestamp: <unix seconds>` and
 `X-NeuroScan-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`.
-The secret is WEBHOOK_SECRET, or when unset HMAC-SHA256(SECRET_KEY, "neuroscan/webhook/v1")
-as hex. Receivers should refuse timestamps more than five minutes old (replays).
+The secret is the tenant's own (`neuroscan webhook-secret --tenant NAME` shows it); tenants
+from before revision 0008 keep the deployment's, WEBHOOK_SECRET or when unset
+HMAC-SHA256(SECRET_KEY, "neuroscan/webhook/v1") as hex, until theirs is rotated. Receivers should refuse timestamps more than five minutes old (replays).
 """
 
 from __future__ import annotations
@@ -133,7 +134,18 @@ def _resolve(host: str, port: int) -> list[IPAddress]:
     return found
 
 
-def webhook_secret(settings: Settings | None = None) -> bytes:
+def webhook_secret(settings: Settings | None = None, tenant_id: str | None = None) -> bytes:
+    """The tenant's own secret (`tenants.webhook_secret`, made with the tenant, rotated by
+    `neuroscan webhook-secret --rotate`); for tenants from before 0008, and without a tenant,
+    the deployment's: WEBHOOK_SECRET, or one derived from SECRET_KEY."""
+    if tenant_id is not None:
+        from shared.db.session import sync_session
+        from shared.db.tenants import tenant_webhook_secret
+
+        with sync_session() as session:
+            own = tenant_webhook_secret(session, tenant_id)
+        if own:
+            return own.encode()
     s = settings or get_settings()
     if s.webhook_secret:
         return s.webhook_secret.encode()
@@ -178,10 +190,11 @@ def _without_filenames(value: Any) -> Any:
 
 
 def signed_headers(body: bytes, kind: str, settings: Settings | None = None,
-                   timestamp: int | None = None) -> dict[str, str]:
+                   timestamp: int | None = None, tenant_id: str | None = None) -> dict[str, str]:
     ts = int(time.time()) if timestamp is None else timestamp
+    secret = webhook_secret(settings, tenant_id)
     return {"Content-Type": "application/json", "User-Agent": "NeuroScan-Webhook/1",
-            TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(webhook_secret(settings), ts, body),
+            TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(secret, ts, body),
             EVENT_HEADER: f"{kind}.finished"}
 
 

@@ -8,13 +8,18 @@ with `base_url`, `api_key`, `tenant` and `client()`. Ask for your own `port_rang
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.stack import (
+# Tests opt in to weak secrets (short SECRET_KEYs in unit tests) explicitly, as a developer
+# would; unset, the settings refuse them (tests/shared/test_settings_security.py).
+os.environ.setdefault("ENVIRONMENT", "test")
+
+from tests.support.stack import (  # noqa: E402
     REDIS_BASE_URL,
     LiveStack,
     create_pg_database,

@@ -86,7 +86,9 @@ def deliver(target_id: str, kind: str, attempt: int, settings: Settings | None =
         checked = check_callback_url(url, s)
         assert checked is not None
         payload = build_payload(kind, body)
-        status_code = post(checked, payload, signed_headers(payload, kind, s), s.webhook_timeout_s)
+        status_code = post(checked, payload,
+                           signed_headers(payload, kind, s, tenant_id=tenant_id),
+                           s.webhook_timeout_s)
     except InputError as exc:
         _record(tenant_id, target_id, kind, url, attempt, None, exc.message)
         log.warning("webhook for %s %s refused: %s", kind, target_id, exc.code)

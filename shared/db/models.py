@@ -72,6 +72,10 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Signs this tenant's webhooks (shared/webhooks.py); None: a tenant from before 0008,
+    # signed with the deployment's WEBHOOK_SECRET until its own is made (`neuroscan
+    # webhook-secret --rotate`).
+    webhook_secret: Mapped[str | None] = mapped_column(String(128), default=None)
 
 
 class User(Base):
@@ -85,7 +89,11 @@ class User(Base):
     api_key_prefix: Mapped[str] = mapped_column(String(16))
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # In the future: revoked then (a rotated key's grace period). Expired keys and revoked
+    # keys are refused with their own error codes (shared/db/tenants.py).
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)  # to the minute or so
 
 
 class Batch(Base):

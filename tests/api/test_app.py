@@ -70,7 +70,8 @@ async def test_auth_is_required_and_checked(client: httpx.AsyncClient, keys: dic
     for headers in cases:
         r = await client.get("/v1/me", headers=headers)
         assert r.status_code == 401, headers
-        assert r.json()["error"]["code"] == "unauthorized"
+        revoked = headers["Authorization"].endswith(keys["revoked"])
+        assert r.json()["error"]["code"] == ("key_revoked" if revoked else "unauthorized")
     me = (await client.get("/v1/me")).json()
     assert me["tenant"]["name"] == "alpha" and me["user"]["api_key_prefix"] == keys["alpha"][:12]
     assert keys["alpha"] not in str(me)

@@ -22,7 +22,7 @@ from sqlalchemy import MetaData, select
 
 from shared.db.session import create_sync_db_engine
 from shared.imaging import decode_image
-from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify, webhook_secret
+from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.hospital.dicomkit import mr_dataset, planted_phi, to_bytes
 from tests.hospital.webhook_receiver import Receiver
 from tests.support.images import brain_slice
@@ -135,7 +135,7 @@ def test_planted_phi_never_leaves(stack: LiveStack, tmp_path: Path) -> None:
     finally:
         receiver.stop()
     assert len(receiver.received) == 2, stack.logs()
-    secret = webhook_secret(_stack_settings(stack))
+    secret = _tenant_webhook_secret(stack)
     for got in receiver.received:
         assert verify(secret, got.headers[TIMESTAMP_HEADER], got.body, got.headers[SIGNATURE_HEADER])
         artefacts.append(("webhook body", got.body))
@@ -187,8 +187,15 @@ def _png_chunks(data: bytes) -> list[str]:
     return kinds
 
 
-def _stack_settings(stack: LiveStack) -> Any:
-    from shared.settings import Settings
+def _tenant_webhook_secret(stack: LiveStack) -> bytes:
+    """The stack tenant's own webhook secret (each tenant signs with its own, made with it)."""
+    from shared.db.models import Tenant
 
-    env = stack.settings_env()
-    return Settings(secret_key=env["SECRET_KEY"], webhook_secret=env.get("WEBHOOK_SECRET"))
+    engine = create_sync_db_engine(stack.sync_database_url)
+    try:
+        with engine.connect() as conn:
+            secret = conn.scalar(select(Tenant.webhook_secret).where(Tenant.name == stack.tenant))
+    finally:
+        engine.dispose()
+    assert secret, "the tenant has no webhook secret of its own"
+    return secret.encode()

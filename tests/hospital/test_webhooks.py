@@ -29,7 +29,7 @@ from shared.webhooks import (
 from tests.hospital.webhook_receiver import Receiver
 
 DEV = Settings(environment="development")
-PROD = Settings(environment="production", secret_key="a-real-production-secret")
+PROD = Settings(environment="production", secret_key="9f2c47e1b0a85d36" * 4)
 
 
 @pytest.mark.parametrize("url", [
