@@ -1,4 +1,5 @@
-"""Data lifecycle commands: `purge` (retention, by hand) and `export` (a tenant's data)."""
+"""Data lifecycle commands: `purge` (retention, by hand), `retention`, and `export` / `import`
+(a tenant's data out, and back in)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,27 @@ def export(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{report.total} scans: {report.written} written, {report.skipped} already "
-               f"there and verified; manifest: {out / 'manifest.json'}")
+               f"there and verified; {report.series} series; manifest: {out / 'manifest.json'}")
+
+
+def import_(
+    tenant: Annotated[str, typer.Option(help="The tenant to import into (created if new).")],
+    from_: Annotated[Path, typer.Option("--from", help="An export: the folder of `neuroscan "
+                                        "export`, or the ZIP of GET /v1/export.")],
+) -> None:
+    """Restore an export's scans (results, images into storage), batches and series under
+    TENANT. Every file is checked against the manifest's SHA-256 first; a damaged export is
+    refused whole. Scans already there are skipped: run it again to resume."""
+    from shared.export import ExportError, import_tenant
+
+    try:
+        report = import_tenant(tenant, from_)
+    except ExportError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{report.total} scans: {report.imported} imported, {report.skipped} already "
+               f"there, {report.unfinished} not final when exported (left out); "
+               f"{report.series_imported} series imported, {report.series_skipped} skipped")
 
 
 def retention(

@@ -3,7 +3,8 @@
 A scan's bytes live in storage under deterministic names (the scan id plus a suffix, as the
 worker writes them), so they can be removed whether or not the row still names them; its rows
 are the scan, its events, its upload blob (until the worker stored the original), webhook
-deliveries and DICOM instance records. Bytes go first, rows second: if storage fails, the rows
+deliveries and DICOM instance records, and the DICOM series left without a slice (the series
+finding goes with its last slice, by deletion or by retention). Bytes go first, rows second: if storage fails, the rows
 still say what to remove and the next attempt does it again (removing nothing is no error).
 
 Retention (`Retention`, per tenant, defaults in the settings) is applied by `purge_once`,
@@ -20,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Delete, delete, exists, func, or_, select, update
+from sqlalchemy import Delete, Select, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.dicom_models import DicomInstance
+from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.hospital_models import WebhookDelivery
 from shared.db.lifecycle_models import AuditEvent, TenantRetention
 from shared.db.models import Batch, ScanEvent, ScanResult, ScanUpload, Tenant, utcnow
@@ -62,15 +63,29 @@ def remove_assets(storage: Storage, assets: Iterable[Asset]) -> None:
         storage.delete(folder, name)
 
 
-def delete_scan_rows(scan_ids: Sequence[str]) -> list[Delete]:
+def series_of(scan_ids: Sequence[str]) -> Select[tuple[str]]:
+    """The DICOM series these scans are slices of; read before `delete_scan_rows`."""
+    return select(DicomInstance.series_id).where(
+        DicomInstance.scan_id.in_(list(scan_ids))).distinct()
+
+
+def delete_scan_rows(scan_ids: Sequence[str], series_ids: Sequence[str] = ()) -> list[Delete]:
     """Statements removing every row of these scans, children first (no reliance on ON DELETE
-    CASCADE); run them in one transaction, sync or async."""
+    CASCADE); run them in one transaction, sync or async.
+
+    `series_ids` (from `series_of`, read in the same transaction): of those series, the ones
+    left without a slice go too (a finding about nothing); one that keeps other slices stays."""
     ids = list(scan_ids)
-    return [delete(ScanEvent).where(ScanEvent.scan_id.in_(ids)),
-            delete(ScanUpload).where(ScanUpload.scan_id.in_(ids)),
-            delete(WebhookDelivery).where(WebhookDelivery.scan_id.in_(ids)),
-            delete(DicomInstance).where(DicomInstance.scan_id.in_(ids)),
-            delete(ScanResult).where(ScanResult.id.in_(ids))]
+    statements = [delete(ScanEvent).where(ScanEvent.scan_id.in_(ids)),
+                  delete(ScanUpload).where(ScanUpload.scan_id.in_(ids)),
+                  delete(WebhookDelivery).where(WebhookDelivery.scan_id.in_(ids)),
+                  delete(DicomInstance).where(DicomInstance.scan_id.in_(ids)),
+                  delete(ScanResult).where(ScanResult.id.in_(ids))]
+    if series_ids:
+        statements.append(delete(DicomSeries).where(
+            DicomSeries.id.in_(list(series_ids)),
+            ~exists().where(DicomInstance.series_id == DicomSeries.id)))
+    return statements
 
 
 def delete_batch_rows(batch_id: str) -> list[Delete]:
@@ -200,7 +215,8 @@ def _purge_results(session: Session, store: Storage, tenant_id: str, cutoff: dat
     if ids and not dry_run:
         for scan_id, fmt in rows:
             remove_assets(store, scan_assets(scan_id, fmt))
-        for statement in delete_scan_rows(ids):
+        series_ids = list(session.scalars(series_of(ids)))
+        for statement in delete_scan_rows(ids, series_ids):
             session.execute(statement)
         # Batches left without scans go with their last one.
         empty = select(Batch.id).where(

@@ -1,4 +1,5 @@
-"""Deletion on request: a scan or a whole batch, its bytes in storage, its rows and events.
+"""Deletion on request: a scan or a whole batch, its bytes in storage, its rows and events,
+and a DICOM series finding once its last slice is deleted.
 
 Bytes first, rows second (shared/lifecycle.py): if storage fails the answer is 503 and nothing
 was forgotten, so the same request can be sent again. The storage names are removed once more
@@ -31,7 +32,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "Storage unreachable; nothing was deleted"}}
 
 
-def _request_id(request: Request) -> str | None:
+def request_id_of(request: Request) -> str | None:
+    """The client's X-Request-ID, as the audit log keeps it (64 characters at most)."""
     return (request.headers.get("x-request-id") or "")[:64] or None
 
 
@@ -52,14 +54,15 @@ async def _delete(principal: CurrentPrincipal, storage: Storage, request: Reques
     await _remove(storage, assets, strict=True)
     ids = [scan_id for scan_id, _ in scans]
     async with async_write_session() as session:
-        for statement in lifecycle.delete_scan_rows(ids):
+        series_ids = list(await session.scalars(lifecycle.series_of(ids)))
+        for statement in lifecycle.delete_scan_rows(ids, series_ids):
             await session.execute(statement)
         if batch_id is not None:
             for statement in lifecycle.delete_batch_rows(batch_id):
                 await session.execute(statement)
         session.add(lifecycle.audit(principal.tenant.id, "delete", target,
-                                    key_id=principal.user.id, request_id=_request_id(request),
-                                    detail={"scans": ids}))
+                                    key_id=principal.user.id, request_id=request_id_of(request),
+                                    detail={"scans": ids, "series": series_ids}))
     await _remove(storage, assets, strict=False)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -1,5 +1,6 @@
 """Data lifecycle on both stacks (issue 19): originals leave the database once stored,
-deletion on request, retention's purge, and a tenant's export.
+deletion on request (a DICOM series with its last slice), retention's purge, and a tenant's
+export (its re-import: tests/integration/test_export_import.py).
 
 A stack of its own (ports 19500-19599): the purge tests move the clock years ahead and would
 remove other tests' scans."""
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.lifecycle_models import AuditEvent, TenantRetention
 from shared.db.models import ScanEvent, ScanResult, ScanUpload, Tenant, utcnow
 from shared.db.session import sync_session
@@ -57,6 +59,43 @@ def _submit(client: httpx.Client, seed: int) -> str:
     return r.json()["id"]
 
 
+def stow_series(client: httpx.Client, slices: int = 2, seed: int = 0) -> tuple[str, list[str]]:
+    """A brain MR series of `slices` slices sent by STOW-RS, marked complete; returns the
+    series id and its scans' ids (in instance order)."""
+    from pydicom.uid import generate_uid
+
+    from tests.hospital import dicomkit
+
+    study, series_uid, parts = generate_uid(), generate_uid(), []
+    for k in range(slices):
+        ds = dicomkit.mr_dataset(dicomkit.brain_like(seed=seed + k))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+        ds.SeriesDescription, ds.BodyPartExamined = "AX T1 BRAIN", "BRAIN"
+        ds.InstanceNumber = k + 1
+        parts.append(b"--nsb\r\nContent-Type: application/dicom\r\n\r\n"
+                     + dicomkit.to_bytes(ds) + b"\r\n")
+    answer = client.post("/dicomweb/studies", content=b"".join(parts) + b"--nsb--\r\n",
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; '
+                                                  "boundary=nsb"})
+    assert answer.status_code == 200, answer.text
+    stored = answer.json()["00081199"]["Value"]
+    series_ids = {item["00091010"]["Value"][0] for item in stored}
+    assert len(series_ids) == 1
+    series_id = series_ids.pop()
+    assert client.post(f"/v1/series/{series_id}/complete").status_code == 202
+    return series_id, [item["00091011"]["Value"][0] for item in stored]
+
+
+def wait_for_series(client: httpx.Client, series_id: str, timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get(f"/v1/series/{series_id}").raise_for_status().json()
+        if body["state"] in ("succeeded", "failed"):
+            return body
+        assert time.monotonic() < deadline, f"series {series_id} still {body['state']}"
+        time.sleep(0.2)
+
+
 def _objects(stack: LiveStack) -> set[str]:
     """Every object storage holds, by name."""
     if stack.standin is not None:
@@ -84,6 +123,40 @@ def _rows(stack: LiveStack, scan_id: str) -> dict[str, int]:
 def _gone(stack: LiveStack, scan_id: str) -> None:
     assert _objects_of(stack, scan_id) == set()
     assert set(_rows(stack, scan_id).values()) == {0}
+
+
+def _series_rows(stack: LiveStack, series_id: str) -> tuple[int, int]:
+    """(dicom_series rows, dicom_instances rows) of one series."""
+    engine = create_engine(stack.sync_database_url)
+    try:
+        with engine.connect() as conn:
+            return tuple(conn.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = :i"),
+                                      {"i": series_id}).scalar_one()
+                         for table, column in (("dicom_series", "id"),
+                                               ("dicom_instances", "series_id")))  # type: ignore[return-value]
+    finally:
+        engine.dispose()
+
+
+def test_series_goes_with_its_last_slice(stack: LiveStack, client: httpx.Client) -> None:
+    """Deleting one slice of a series keeps the series (and its other slice); deleting the
+    last one removes the series finding too."""
+    series_id, (first, second) = stow_series(client, slices=2, seed=100)
+    body = wait_for_series(client, series_id)
+    assert body["state"] == "succeeded" and len(body["slices"]) == 2
+    assert _series_rows(stack, series_id) == (1, 2)
+
+    assert client.delete(f"/v1/scans/{first}").status_code == 204
+    left = client.get(f"/v1/series/{series_id}")
+    assert left.status_code == 200 and [s["scan_id"] for s in left.json()["slices"]] == [second]
+    assert _series_rows(stack, series_id) == (1, 1)
+
+    assert client.delete(f"/v1/scans/{second}").status_code == 204
+    assert client.get(f"/v1/series/{series_id}").status_code == 404
+    assert series_id not in {s["id"] for s in client.get("/v1/series").json()}
+    assert _series_rows(stack, series_id) == (0, 0)
+    for scan_id in (first, second):
+        _gone(stack, scan_id)
 
 
 def test_original_leaves_the_database_once_stored(stack: LiveStack, client: httpx.Client) -> None:
@@ -214,6 +287,8 @@ def test_purge_after_retention_leaves_nothing_expired(stack: LiveStack, client: 
     scan_ids = [_submit(client, 50 + i) for i in range(2)]
     for scan_id in scan_ids:
         wait_for_scan(client, scan_id)
+    series_id, _slices = stow_series(client, slices=2, seed=150)
+    wait_for_series(client, series_id)
     url = settings.sync_database_url
 
     # A tenant's own retention: originals for 1 day, the rest by the deployment's defaults.
@@ -244,8 +319,12 @@ def test_purge_after_retention_leaves_nothing_expired(stack: LiveStack, client: 
             ScanResult.state.in_(("succeeded", "failed")))) == 0
         assert session.scalar(select(func.count()).select_from(ScanEvent)) == 0
         assert session.scalar(select(func.count()).select_from(ScanUpload)) == 0
+        # The series findings went with their last slices.
+        assert session.scalar(select(func.count()).select_from(DicomSeries)) == 0
+        assert session.scalar(select(func.count()).select_from(DicomInstance)) == 0
         purges = session.scalars(select(AuditEvent).where(AuditEvent.action == "purge")).all()
         assert {a.target for a in purges} >= {"originals", "results"}
     assert _objects(stack) == set()
     for scan_id in scan_ids:
         assert client.get(f"/v1/scans/{scan_id}").status_code == 404
+    assert client.get(f"/v1/series/{series_id}").status_code == 404
