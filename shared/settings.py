@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     cloudinary_api_secret: str | None = None
     # Where the SDK sends API calls; tests point it at a local stand-in server.
     cloudinary_upload_prefix: str | None = None
+    # The worker decodes an image at most this many pixels on its longer side, shrinking it
+    # while decoding (JPEG at 1/2..1/8 scale, PNG and DICOM in their 8/16-bit form): the model
+    # reads 128 px and the overlay 1024. Heatmap, overlay and preview are drawn in that frame.
+    # 0 decodes at full size (the unbounded path before issue 13, kept for comparison).
+    decode_max_side: int = Field(default=1024, ge=0)
+    # Decoded pixels (native 8/16-bit, before shrinking) that decodes in one process may hold
+    # at once; a larger image waits until it can decode alone.
+    decode_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     media_dir: Path = Path("./var/media")  # local image storage (one host only)
     signed_url_ttl_s: int = Field(default=3600, ge=60)  # lifetime of image links, seconds
     # How many hosts run the API or workers against this database and broker. Above 1, images
