@@ -2,7 +2,11 @@
 
 Order of checks: readable Part 10 file, not an encapsulated document, modality allowed, no
 burned-in annotation (unless configured), pixel data present, transfer syntax decodable,
-frame in range, dimensions sane. Then the Modality LUT (rescale slope/intercept), the VOI
+frame in range, dimensions sane: Rows x Columns against the pixel budget and
+Rows x Columns x samples x bits x frames against the pixel data present, from the header alone,
+before `pixel_array` allocates anything. One frame is then decoded in its stored form (under
+the process's decode memory budget) and shrunk to `max_side` before any float conversion.
+Then the Modality LUT (rescale slope/intercept), the VOI
 window when the file carries one (else a robust min/max), and MONOCHROME1 inversion.
 
 Compressed syntaxes go through pydicom's pixel plugins: Pillow (JPEG baseline/extended 8-bit,
@@ -14,6 +18,7 @@ pylibjpeg-libjpeg is deliberately not used. Error messages never quote element v
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -21,7 +26,13 @@ import numpy as np
 from shared import errors
 from shared.anatomy import header_evidence
 from shared.errors import InputError
-from shared.imaging import DecodedImage
+from shared.imaging import (
+    DecodedImage,
+    check_pixel_budget,
+    decode_budget,
+    fit_within,
+    shrink_array,
+)
 from shared.settings import Settings, get_settings
 
 NO_PIXEL_DATA = "dicom_no_pixel_data"
@@ -30,6 +41,7 @@ MODALITY_NOT_ALLOWED = "dicom_modality_not_allowed"
 FRAME_OUT_OF_RANGE = "dicom_frame_out_of_range"
 ENCAPSULATED_DOCUMENT = "dicom_encapsulated_document"
 BURNED_IN_ANNOTATION = "dicom_burned_in_annotation"
+BAD_HEADER = "dicom_bad_header"
 
 # Encapsulated PDF, CDA, STL, OBJ and MTL storage: documents, not images.
 _DOCUMENT_SOP_CLASSES = frozenset(f"1.2.840.10008.5.1.4.1.1.104.{n}" for n in range(1, 6))
@@ -78,7 +90,8 @@ def check_dataset(ds: Any, settings: Settings) -> None:
     allowed = [m.upper() for m in settings.allowed_modalities]
     modality = str(getattr(ds, "Modality", "") or "").upper()
     if allowed and modality not in allowed:
-        shown = modality if modality.isalnum() and len(modality) <= 4 else "missing"
+        shown = (modality if modality.isascii() and modality.isalnum() and len(modality) <= 4
+                 else "missing or unreadable")
         raise InputError(f"The DICOM modality is {shown}; accepted: {', '.join(allowed)}.",
                          code=MODALITY_NOT_ALLOWED)
     burned_in = str(getattr(ds, "BurnedInAnnotation", "") or "").upper()
@@ -89,33 +102,38 @@ def check_dataset(ds: Any, settings: Settings) -> None:
         raise InputError("The DICOM file has no pixel data.", code=NO_PIXEL_DATA)
 
 
-def decode_dicom(data: bytes, *, frame: int | None = None,
-                 settings: Settings | None = None) -> DecodedImage:
-    """One frame of a DICOM file as float32 pixels in [0, 1] (the middle frame by default)."""
+def decode_dicom(data: bytes, *, frame: int | None = None, settings: Settings | None = None,
+                 max_side: int | None = None) -> DecodedImage:
+    """One frame of a DICOM file as float32 pixels in [0, 1] (the middle frame by default),
+    shrunk to at most `max_side` on its longer side (0/None: full size)."""
     s = settings or get_settings()
     ds = read_dataset(data, s)
     check_dataset(ds, s)
     syntax = _check_transfer_syntax(ds)
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    n_frames = header_int(ds, "NumberOfFrames", 1, high=1 << 20) or 1
     index = n_frames // 2 if frame is None else frame
     if not 0 <= index < n_frames:
         raise InputError(f"Frame {frame} was asked for; the file has {n_frames} frame(s), "
                          f"numbered 0 to {n_frames - 1}.", code=FRAME_OUT_OF_RANGE)
-    _check_size(ds, s)
-    arr = _decode_frame(ds, index, n_frames)
+    frame_bytes = _check_size(ds, s, n_frames, compressed=syntax_is_compressed(ds))
+    source = (header_int(ds, "Columns", 0), header_int(ds, "Rows", 0))
+    target = fit_within(source, max_side)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if arr.ndim == 3:
-        pixels, windowed = _colour_to_unit(arr, ds), False
-    else:
-        pixels, windowed = _grey_to_unit(arr, ds, index)
-        if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
-            pixels = 1.0 - pixels
+    # The stored frame plus one working copy (a LUT's output, a colour conversion).
+    with decode_budget.hold(2 * frame_bytes, s.decode_memory_bytes):
+        arr = _decode_frame(ds, index, n_frames)
+        if arr.ndim == 3:
+            pixels, windowed = _colour_to_unit(shrink_array(arr, target), ds), False
+        else:
+            pixels, windowed = _grey_to_unit(arr, ds, index, target)
+            if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
+                pixels = 1.0 - pixels
     meta = {"modality": str(getattr(ds, "Modality", "")), "transfer_syntax": syntax,
             "frames": n_frames, "frame": index, "photometric": photometric,
-            "bits_stored": int(getattr(ds, "BitsStored", 0) or 0), "windowed": windowed,
+            "bits_stored": header_int(ds, "BitsStored", 0), "windowed": windowed,
             "anatomy": header_evidence(ds).to_dict()}  # read by the input gate
     return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32),
-                        format="dicom", meta=meta)
+                        format="dicom", meta=meta, source_size=source)
 
 
 def _check_transfer_syntax(ds: Any) -> str:
@@ -143,12 +161,61 @@ def _check_transfer_syntax(ds: Any) -> str:
     return str(uid.name)
 
 
-def _check_size(ds: Any, s: Settings) -> None:
-    # Refuse before decoding: the header alone tells us how much memory the frame would take.
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+def header_int(ds: Any, keyword: str, default: int, *, low: int = 0,
+               high: int = 1 << 31) -> int:
+    """An integer attribute, or InputError (no value quoted) when it is malformed or outside
+    [low, high]: a hostile header is a 4xx, never a ValueError deep in a decoder."""
+    try:
+        value = getattr(ds, keyword, None)
+        if value is None or value == "":
+            return default
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            raise ValueError("multi-valued")
+        number = float(value)
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError("not an integer")
+        result = int(number)
+    except (ValueError, TypeError, OverflowError, AttributeError, KeyError) as exc:
+        raise InputError(f"The DICOM attribute {keyword} is malformed.",
+                         code=BAD_HEADER) from exc
+    if not low <= result <= high:
+        raise InputError(f"The DICOM attribute {keyword} is out of range.", code=BAD_HEADER)
+    return result
+
+
+def syntax_is_compressed(ds: Any) -> bool:
+    uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    return bool(uid is not None and uid.is_compressed)
+
+
+def _check_size(ds: Any, s: Settings, n_frames: int, *, compressed: bool) -> int:
+    """Refuse before decoding: the header alone says how much memory a frame would take.
+    Returns one frame's size in bytes, as stored (before any conversion)."""
+    rows = header_int(ds, "Rows", 0, high=65535)
+    cols = header_int(ds, "Columns", 0, high=65535)
+    samples = header_int(ds, "SamplesPerPixel", 1, low=1, high=4)
+    bits = header_int(ds, "BitsAllocated", 0, high=64)
+    stored = header_int(ds, "BitsStored", bits, high=64)
+    if rows < 1 or cols < 1:
+        raise InputError(f"The DICOM header gives {cols}x{rows} pixels.", code=BAD_HEADER)
     if max(rows, cols) > s.max_image_side:
         raise InputError(f"The image is {cols}x{rows} pixels; no side may exceed "
                          f"{s.max_image_side}.", code=errors.IMAGE_TOO_LARGE)
+    check_pixel_budget(cols, rows, s)
+    if "PixelData" in ds and (bits not in (1, 8, 16, 32) or not 1 <= stored <= bits):
+        raise InputError(f"The DICOM header gives {bits} bits allocated and {stored} stored; "
+                         "accepted: 1, 8, 16 or 32 allocated.", code=BAD_HEADER)
+    per_pixel = max(1, bits // 8) * samples
+    frame_bytes = rows * cols * per_pixel
+    if not compressed and "PixelData" in ds:
+        # Native data: all frames must really be there (a header that claims more pixels than
+        # the file carries is malformed, not an image to decode).
+        present = len(ds["PixelData"].value or b"")
+        needed = math.ceil(rows * cols * samples * n_frames * bits / 8)
+        if present < needed:
+            raise InputError(f"The DICOM pixel data has {present} bytes; its header describes "
+                             f"{needed} (truncated).", code=errors.UNDECODABLE)
+    return frame_bytes
 
 
 def _decode_frame(ds: Any, index: int, n_frames: int) -> np.ndarray:
@@ -181,26 +248,39 @@ def _frame_attr(ds: Any, index: int, group_seq: str, keyword: str) -> Any:
 
 
 def _first(value: Any) -> float | None:
-    if value is None or value == "":
+    """The first value as a float; None when absent or unreadable (a malformed window or
+    rescale value is ignored, as a viewer would, rather than failing the scan)."""
+    try:
+        if value is None or value == "":
+            return None
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = value[0] if len(value) else None
+        return None if value is None else float(value)
+    except (ValueError, TypeError, OverflowError):
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0] if len(value) else None
-    return None if value is None else float(value)
 
 
-def _grey_to_unit(arr: np.ndarray, ds: Any, index: int) -> tuple[np.ndarray, bool]:
-    values = arr.astype(np.float64)
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _grey_to_unit(arr: np.ndarray, ds: Any, index: int,
+                  target: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """Stored values -> [0, 1]: shrunk first (in their own dtype, or the LUT's), so the float64
+    arrays below are at most `target` in size; rescale is linear, so it commutes with that."""
     if "ModalityLUTSequence" in ds:
         from pydicom.pixels import apply_modality_lut
 
-        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        values = np.asarray(shrink_array(apply_modality_lut(arr, ds), target), dtype=np.float64)
     else:
-        slope = _first(_frame_attr(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _first(_frame_attr(ds, index, "PixelValueTransformationSequence",
-                                       "RescaleIntercept"))
+        values = np.asarray(shrink_array(arr, target), dtype=np.float64)
+        slope = _finite(_first(_frame_attr(ds, index, "PixelValueTransformationSequence",
+                                           "RescaleSlope")))
+        intercept = _finite(_first(_frame_attr(ds, index, "PixelValueTransformationSequence",
+                                               "RescaleIntercept")))
         values = values * (slope if slope else 1.0) + (intercept or 0.0)
-    centre = _first(_frame_attr(ds, index, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first(_frame_attr(ds, index, "FrameVOILUTSequence", "WindowWidth"))
+    centre = _finite(_first(_frame_attr(ds, index, "FrameVOILUTSequence", "WindowCenter")))
+    width = _finite(_first(_frame_attr(ds, index, "FrameVOILUTSequence", "WindowWidth")))
     if centre is not None and width is not None and width >= 1:
         function = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
         return _window(values, centre, width, function), True
@@ -224,7 +304,7 @@ def _window(x: np.ndarray, c: float, w: float, function: str) -> np.ndarray:
 
 def _colour_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
     # pydicom already converted YBR to RGB; scale by the stored bit depth.
-    bits = int(getattr(ds, "BitsStored", 8) or 8)
+    bits = header_int(ds, "BitsStored", 8, high=64) or 8
     if str(getattr(ds, "PhotometricInterpretation", "")) == "PALETTE COLOR":
         bits = 16 if arr.dtype.itemsize > 1 else 8
     return np.clip(arr.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)

@@ -3,12 +3,22 @@
 The API calls `decode_and_check` before it accepts a file; the worker and the offline
 `predict` command call `decode_image` again on the stored bytes. NumPy, Pillow and pydicom
 only: no TensorFlow.
+
+Decoding is bounded (issue 13): the dimensions are read from the header and checked against
+the pixel budget before any pixel is decoded; with `max_side`, an image is shrunk while it is
+decoded (JPEG: libjpeg decodes at 1/2, 1/4 or 1/8 scale; PNG and DICOM: reduced in their
+native 8/16-bit form, never as a full-size float array); and the native pixels that decodes
+hold at once in a process are capped by DECODE_MEMORY_BYTES (a larger image waits, then
+decodes alone).
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +31,8 @@ from shared.settings import Settings, get_settings
 
 ImageFormat = Literal["png", "jpeg", "dicom"]
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
+# The formats a browser shows as they are (in an <img>); others only through a rendition.
+BROWSER_FORMATS: tuple[str, ...] = ("png", "jpeg")
 
 # Pillow refuses images above this many pixels (decompression bombs); our own limit is lower.
 Image.MAX_IMAGE_PIXELS = 8192 * 8192
@@ -36,6 +48,8 @@ class DecodedImage:
     pixels: np.ndarray
     format: ImageFormat
     meta: dict[str, Any] = field(default_factory=dict)
+    # (width, height) of the image as stored in the file, when `pixels` were shrunk.
+    source_size: tuple[int, int] | None = None
 
     @property
     def height(self) -> int:
@@ -44,6 +58,19 @@ class DecodedImage:
     @property
     def width(self) -> int:
         return int(self.pixels.shape[1])
+
+    @property
+    def source_width(self) -> int:
+        return self.source_size[0] if self.source_size else self.width
+
+    @property
+    def source_height(self) -> int:
+        return self.source_size[1] if self.source_size else self.height
+
+    @property
+    def shrunk(self) -> bool:
+        """True when `pixels` are smaller than the image in the file."""
+        return self.source_size is not None and self.source_size != (self.width, self.height)
 
     @property
     def is_color(self) -> bool:
@@ -62,8 +89,12 @@ def sniff_format(data: bytes) -> ImageFormat | None:
     return None
 
 
-def decode_image(data: bytes, *, frame: int | None = None) -> DecodedImage:
-    """Bytes -> DecodedImage, or InputError with a precise code."""
+def decode_image(data: bytes, *, frame: int | None = None,
+                 max_side: int | None = None) -> DecodedImage:
+    """Bytes -> DecodedImage, or InputError with a precise code.
+
+    With `max_side` (0 or None: full size), an image longer than that is shrunk (aspect kept,
+    antialiased) while it is decoded, in bounded memory; `source_size` keeps its own size."""
     if not data:
         raise InputError("The file is empty.", code=errors.EMPTY_FILE)
     fmt = sniff_format(data)
@@ -76,8 +107,8 @@ def decode_image(data: bytes, *, frame: int | None = None) -> DecodedImage:
     if fmt == "dicom":
         from shared.dicom import decode_dicom  # pydicom is only loaded when needed
 
-        return decode_dicom(data, frame=frame)
-    return _decode_raster(data, fmt)
+        return decode_dicom(data, frame=frame, max_side=max_side)
+    return _decode_raster(data, fmt, max_side)
 
 
 def check_pixel_budget(width: int, height: int, settings: Settings | None = None) -> None:
@@ -90,36 +121,132 @@ def check_pixel_budget(width: int, height: int, settings: Settings | None = None
             f"and {s.max_image_side} per side.", code=errors.IMAGE_TOO_LARGE)
 
 
-def _decode_raster(data: bytes, fmt: ImageFormat) -> DecodedImage:
+def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(width, height) shrunk, aspect kept, so that neither side exceeds `max_side` (0/None:
+    unchanged; never enlarged)."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return w, h
+    f = max_side / max(w, h)
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+class _MemoryBudget:
+    """A semaphore counted in bytes: decodes wait until what they will hold fits beside the
+    others'; one larger than the whole budget waits until it is alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = 0
+
+    @contextmanager
+    def hold(self, nbytes: int, limit: int) -> Iterator[None]:
+        want = max(0, min(nbytes, limit))
+        with self._cond:
+            self._cond.wait_for(lambda: self._held + want <= limit)
+            self._held += want
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= want
+                self._cond.notify_all()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+
+decode_budget = _MemoryBudget()
+
+
+def _native_bytes(img: Image.Image) -> int:
+    """What the decoded image and one working copy of it take (Pillow keeps 1, 2 or 4 bytes a
+    pixel; a palette image becomes RGB)."""
+    per_pixel = {"1": 1, "L": 1, "P": 5, "I;16": 2, "I;16B": 2, "I;16L": 2}.get(img.mode, 4)
+    return 2 * per_pixel * img.size[0] * img.size[1]
+
+
+def _decode_raster(data: bytes, fmt: ImageFormat, max_side: int | None) -> DecodedImage:
+    s = get_settings()
     try:
         with Image.open(io.BytesIO(data)) as img:
-            check_pixel_budget(*img.size)  # the header only: nothing decoded yet
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float32)
-                peak = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                pixels = arr / peak
-            elif mode in ("L", "LA", "P", "1") and not _palette_is_colour(img):
-                pixels = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-            else:
-                pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-                if _is_gray_rgb(pixels):
-                    pixels = pixels[..., 0]
+            source = img.size
+            check_pixel_budget(*source, s)  # the header only: nothing decoded yet
+            target = fit_within(source, max_side)
+            if fmt == "jpeg" and target != source:
+                # libjpeg's DCT scaling: decoded at 1/2, 1/4 or 1/8 size, never below target.
+                img.draft(img.mode, target)
+            with decode_budget.hold(_native_bytes(img), s.decode_memory_bytes):
+                img.load()
+                mode = img.mode
+                pixels = _to_unit(img, target)
     # Pillow reports a broken chunk as SyntaxError and some malformed headers as struct or
     # index errors: all of them mean "not a decodable image", never a server error.
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError,
             struct.error, Image.DecompressionBombError) as exc:
         raise InputError(f"The {fmt.upper()} file could not be decoded: {exc}.",
                          code=errors.UNDECODABLE) from exc
-    return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, meta={"mode": mode})
+    return DecodedImage(pixels=np.ascontiguousarray(pixels), format=fmt, meta={"mode": mode},
+                        source_size=source)
+
+
+def _to_unit(img: Image.Image, target: tuple[int, int]) -> np.ndarray:
+    """A loaded image -> float32 [0, 1] pixels of size `target`, shrunk before any conversion
+    to float (a full-size float copy of a large image is what must never exist)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = shrink_array(np.asarray(img), target)
+        peak = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        return arr.astype(np.float32, copy=False) / np.float32(peak)
+    if mode == "1":
+        img = img.convert("L")
+    elif mode == "P":
+        img = img.convert("RGB" if _palette_is_colour(img) else "L")
+    img = _shrink(img, target)
+    if img.mode in ("L", "LA"):
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return pixels[..., 0] if _is_gray_rgb(pixels) else pixels
+
+
+def _shrink(img: Image.Image, target: tuple[int, int]) -> Image.Image:
+    if img.size == target:
+        return img
+    # reducing_gap: an integer box reduction first (output-sized memory), then Lanczos.
+    return img.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
+def shrink_array(arr: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """An HxW or HxWxC array of any dtype -> float32 of size `target` (width, height), by block
+    means a strip of rows at a time, then a bilinear step to the exact size: the full-size
+    float array never exists. Unchanged (not copied) when it already has that size."""
+    h, w = arr.shape[:2]
+    tw, th = target
+    if (w, h) == (tw, th):
+        return arr
+    f = max(1, min(h // th, w // tw))
+    bh, bw = (h // f) * f, (w // f) * f
+    rest = arr.shape[2:]
+    out = np.empty((bh // f, bw // f, *rest), np.float32)
+    rows = max(1, (1 << 20) // max(1, bw * f))  # output rows per strip: ~1 M source values
+    for r in range(0, bh // f, rows):
+        strip = np.asarray(arr[r * f:min(bh, (r + rows) * f), :bw], dtype=np.float32)
+        out[r:r + rows] = strip.reshape(-1, f, bw // f, f, *rest).mean(axis=(1, 3))
+    if out.shape[:2] == (th, tw):
+        return out
+    planes = [out] if out.ndim == 2 else [out[..., c] for c in range(out.shape[2])]
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(p), "F")
+                          .resize((tw, th), Image.Resampling.BILINEAR)) for p in planes]
+    return resized[0] if out.ndim == 2 else np.stack(resized, axis=-1)
 
 
 def _palette_is_colour(img: Image.Image) -> bool:
-    if img.mode != "P":
-        return False
-    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
-    return not _is_gray_rgb(rgb)
+    """From the palette's entries (a few hundred bytes), not from a full-size RGB copy; a
+    colour palette whose used entries are grey is caught by the RGB path's grey test."""
+    palette = img.getpalette("RGB") or []
+    entries = np.asarray(palette, dtype=np.int16).reshape(-1, 3)
+    return bool(entries.size) and not _is_gray_rgb(entries)
 
 
 def _is_gray_rgb(rgb: np.ndarray) -> bool:
@@ -150,30 +277,40 @@ def to_png_bytes(pixels: np.ndarray, max_side: int | None = None) -> bytes:
 def check_dimensions(img: DecodedImage, settings: Settings | None = None) -> None:
     """Refuse images too small to read, too large to process, or absurdly elongated."""
     s = settings or get_settings()
-    short, long_ = sorted((img.height, img.width))
+    width, height = img.source_width, img.source_height  # as stored, before any shrinking
+    short, long_ = sorted((height, width))
     if short < s.min_image_side:
         raise InputError(
-            f"The image is {img.width}x{img.height} pixels; each side must be at least "
+            f"The image is {width}x{height} pixels; each side must be at least "
             f"{s.min_image_side}.", code=errors.IMAGE_TOO_SMALL)
     if long_ > s.max_image_side:
         raise InputError(
-            f"The image is {img.width}x{img.height} pixels; no side may exceed {s.max_image_side}.",
+            f"The image is {width}x{height} pixels; no side may exceed {s.max_image_side}.",
             code=errors.IMAGE_TOO_LARGE)
     if long_ / short > s.max_aspect_ratio:
         raise InputError(
-            f"The image is {img.width}x{img.height} pixels, an aspect ratio above "
+            f"The image is {width}x{height} pixels, an aspect ratio above "
             f"{s.max_aspect_ratio:g}:1; MRI slices are close to square.", code=errors.BAD_ASPECT_RATIO)
+
+
+# The API only judges an upload (it decodes, and its dimensions); the worker decodes it again
+# for the model. Decoded this small, a JPEG costs 1/64 of its pixels (libjpeg still reads
+# every coefficient, so a truncated or corrupt stream is still refused).
+CHECK_SIDE = 256
 
 
 def decode_and_check(data: bytes, *, frame: int | None = None,
                      settings: Settings | None = None) -> DecodedImage:
-    """Everything the API checks before it accepts an upload (size is checked while streaming)."""
+    """Everything the API checks before it accepts an upload (size is checked while streaming).
+
+    The pixels returned are shrunk to at most CHECK_SIDE; the dimensions checked are the
+    file's own."""
     s = settings or get_settings()
     if len(data) > s.max_upload_bytes:
         raise InputError(
             f"The file is {len(data)} bytes; the limit is {s.max_upload_bytes}.",
             code=errors.FILE_TOO_LARGE, http_status=413)
-    img = decode_image(data, frame=frame)
+    img = decode_image(data, frame=frame, max_side=CHECK_SIDE)
     check_dimensions(img, s)
     return img
 

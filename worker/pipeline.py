@@ -148,9 +148,11 @@ def claim_queued(session: Session, limit: int, owner: str, lease_s: float,
 def _decode(items: Sequence[Claimed]) -> tuple[list[tuple[Claimed, DecodedImage]], list[Outcome]]:
     def one(item: Claimed) -> DecodedImage | InputError:
         try:
-            return decode_image(item.data, frame=item.frame)
+            return decode_image(item.data, frame=item.frame, max_side=max_side)
         except InputError as exc:  # permanent: the same bytes will never decode
             return exc
+    max_side = get_settings().decode_max_side  # bounded memory whatever the upload's size
+
 
     decoded, failed = [], []
     for item, image in zip(items, parallel_map(one, items), strict=True):
@@ -168,9 +170,11 @@ def _assets(item: Claimed, image: DecodedImage,
     under deterministic names (a retry overwrites them)."""
     out = [("image_ref", "uploads", f"{item.scan_id}.{_EXTENSIONS[item.format]}", item.data,
             item.media_type)]
-    if item.format not in _BROWSER_FORMATS:
+    if item.format not in _BROWSER_FORMATS or image.shrunk:
         # The decoded, windowed frame the model saw (the DICOM was de-identified at intake;
-        # the PNG carries pixels only), so that browsers and reports can show it.
+        # the PNG carries pixels only), so that browsers and reports can show it; for a PNG
+        # or JPEG larger than DECODE_MAX_SIDE, a display-sized rendition (the PDF report
+        # draws from it instead of decoding the original again).
         out.append(("preview_ref", "results", f"{item.scan_id}-preview.png",
                     to_png_bytes(image.pixels), "image/png"))
     if analysis.heatmap_png is not None and analysis.overlay_png is not None:

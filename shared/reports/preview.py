@@ -1,4 +1,10 @@
-"""The submitted image as a PNG for reports (DICOM and JPEG originals are not PNG)."""
+"""The submitted image as a PNG for reports (DICOM and JPEG originals are not PNG).
+
+Reports draw from the worker's stored preview where there is one (every DICOM, and every PNG
+or JPEG larger than DECODE_MAX_SIDE); what reaches this function otherwise is an original no
+larger than that, or the preview itself. Either way it is decoded shrunk to `max_side` in
+bounded memory (`shared.imaging`), never at full size.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ def preview_png(data: bytes | None, frame: int | None = None, max_side: int = 51
     if not data:
         return None
     try:
-        img = decode_image(data, frame=frame)
+        img = decode_image(data, frame=frame, max_side=max_side)
     except InputError:
         return None
     return to_png_bytes(img.pixels, max_side=max_side)
