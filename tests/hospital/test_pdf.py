@@ -88,8 +88,12 @@ def test_failed_scan_report_says_why_in_words(tmp_path: Path) -> None:
 
 
 def test_client_text_is_escaped_not_interpreted() -> None:
-    pdf = render_scan_report(_scan(filename="<b>x</b> & <font size=40>y"), None, None, None)
+    pdf = render_scan_report(_scan(filename="<b>x</b> & <font size=40>y"), None, None, None,
+                             include_filename=True)  # a tenant that opted in to file names
     assert "<b>x</b> & <font size=40>y" in _text(pdf)
+    # By default the file name stays out (tests/hospital/test_filenames_private.py).
+    assert "<b>x</b>" not in _text(render_scan_report(
+        _scan(filename="<b>x</b> & <font size=40>y"), None, None, None))
 
 
 def test_batch_report_lists_every_scan(tmp_path: Path) -> None:
