@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -13,8 +13,21 @@ from starlette.concurrency import run_in_threadpool
 from api.audit import AuditTrailDep
 from api.deps import CurrentTenant, SessionDep
 from shared import audit
+from shared.errors import InputError
 
 router = APIRouter(prefix="/v1", tags=["audit"])
+_MAX_ID = 2**63 - 1  # the column is a 64-bit integer
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """`since` in UTC (a time without a zone is UTC); a time UTC cannot hold is a 422."""
+    if when is None:
+        return None
+    try:
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise InputError(f"since={when.isoformat()} is out of range.",
+                         code="validation_error") from None
 
 
 @router.get("/audit", summary="Audit log (FHIR AuditEvent Bundle)",
@@ -26,13 +39,14 @@ async def read_audit(
     trail: AuditTrailDep,
     since: Annotated[datetime | None, Query(description="Only events at or after this time "
                                                         "(ISO 8601 with a zone)")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Only events after this event id "
-                                                         "(the `next` link sets it)")] = None,
+    after: Annotated[int | None, Query(ge=0, le=_MAX_ID, description="Only events after this "
+                                       "event id (the `next` link sets it)")] = None,
     count: Annotated[int, Query(ge=1, le=1000, description="Events per page")] = 100,
 ) -> JSONResponse:
     """Who read, downloaded or deleted which of the tenant's scans, batches, reports, FHIR
     documents and images, oldest first: a FHIR R4 `searchset` Bundle of AuditEvent resources,
     with a `next` link while more remain. Reading the log is itself recorded."""
+    since = _utc(since)
     events = list(await session.scalars(audit.events_query(
         tenant.id, since=since, after=after, limit=count)))
     keys = {k: (n, p) for k, n, p in

@@ -167,6 +167,12 @@ async def test_audit_route_is_a_valid_fhir_bundle_of_the_tenants_own_events(
     assert len(first["entry"]) == 2 and first["link"][0]["relation"] == "next"
     following = (await client.get(first["link"][0]["url"])).json()
     assert following["entry"][0]["resource"]["id"] != first["entry"][1]["resource"]["id"]
+    # Odd parameters are 4xx or empty pages, never a server error.
+    for params, status in (({"since": "2026-01-01T00:00:00"}, 200), ({"after": 2**63 - 1}, 200),
+                           ({"after": 2**64}, 422), ({"since": "0001-01-01T00:00:00+14:00"}, 422),
+                           ({"since": "yesterday"}, 422), ({"count": 0}, 422)):
+        odd = await client.get("/v1/audit", params=params)
+        assert odd.status_code == status, (params, odd.text)
     beta = await client.get("/v1/audit", headers={"Authorization": f"Bearer {env['keys']['beta']}"})
     targets = [e["resource"]["entity"][0]["what"]["identifier"]["value"]
                for e in beta.json().get("entry", [])]
