@@ -58,8 +58,13 @@ chaos: venv
 	set -o pipefail; $(VENV)/bin/pytest -s -p no:cacheprovider tests/integration/test_faults.py \
 		| grep -E '^FAULT|passed|failed'
 
-lint: venv
+lint: venv node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
+	node_modules/.bin/eslint api/web
+
+# ESLint for the page's scripts, pinned in package-lock.json; installed when missing.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
 
 flower: venv
 	$(VENV)/bin/celery --broker="$${BROKER_URL:-redis://127.0.0.1:6379/0}" flower \

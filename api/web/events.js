@@ -184,7 +184,7 @@ export class LiveTracker {
   }
 
   #handle(group, event, local) {
-    let data = null;
+    let data;
     try { data = JSON.parse(event.data); } catch { return; }
     if (!data || typeof data !== "object") return;
     const id = data.scan_id || (group.ids.length === 1 ? group.ids[0] : null);

@@ -23,7 +23,7 @@ export class Uploads {
 
   /** Bring back this tab's list after a reload, and resume watching what is unfinished. */
   restore() {
-    let saved = [];
+    let saved;
     try { saved = JSON.parse(window.sessionStorage.getItem(SESSION_KEY) || "[]"); } catch { saved = []; }
     this.entries = Array.isArray(saved) ? saved.filter((e) => e && e.filename) : [];
     for (const entry of this.entries) {
