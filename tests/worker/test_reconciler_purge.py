@@ -1,4 +1,5 @@
-"""The retention purge rides the reconciler thread: a worker's thread removes what expired."""
+"""The retention purge rides the reconciler thread: a worker's thread removes what expired
+(a DICOM series finding with its last slice)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.lifecycle_models import AuditEvent
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import ScanResult, Tenant, new_id, utcnow
@@ -37,6 +39,16 @@ def test_reconciler_thread_purges_expired_scans(tmp_path: Path) -> None:
                     id=scan_id, tenant_id=tenant.id, state="succeeded", format="png",
                     sha256="x", created_at=at, finished_at=at,
                     image_ref=storage.put("uploads", f"{scan_id}.png", b"png", "image/png")))
+            session.flush()
+            # A one-slice series on each scan: the old one's finding goes with its slice.
+            for scan_id, at in ((old, long_ago), (fresh, utcnow())):
+                series = DicomSeries(tenant_id=tenant.id, series_uid=f"2.25.{scan_id[:8]}",
+                                     source="stow-rs", created_at=at, state="succeeded",
+                                     label="glioma", probability=0.9, key_scan_id=scan_id)
+                session.add(series)
+                session.flush()
+                session.add(DicomInstance(scan_id=scan_id, series_id=series.id,
+                                          sop_uid=f"2.25.{scan_id[9:13]}", instance_number=1))
         thread = Reconciler(producer=None, settings=get_settings())
         thread.start()
         try:
@@ -50,6 +62,8 @@ def test_reconciler_thread_purges_expired_scans(tmp_path: Path) -> None:
             thread.join(10)
         with sync_session() as session:
             assert set(session.scalars(select(ScanResult.id))) == {fresh}
+            assert set(session.scalars(select(DicomSeries.key_scan_id))) == {fresh}
+            assert set(session.scalars(select(DicomInstance.scan_id))) == {fresh}
             purge = session.scalars(select(AuditEvent)).one()
             assert (purge.action, purge.target, purge.detail["scans"]) == (
                 "purge", "results", [old])
