@@ -56,10 +56,10 @@ def _unauthorized(code: str, message: str) -> Any:
 
 
 def _too_many(refusal: Refusal) -> Any:
-    # The body, if any, is left unread: the connection cannot be reused.
+    # No `Connection: close`, as for the 401: answered from the headers, a close could reach
+    # the client while it is still sending the body, and it would see a reset, not the 429.
     return error_response(429, refusal.code, refusal.message, headers={
-        "Retry-After": str(refusal.retry_after_s), "RateLimit-Limit": str(refusal.limit),
-        "Connection": "close"})
+        "Retry-After": str(refusal.retry_after_s), "RateLimit-Limit": str(refusal.limit)})
 
 
 async def _lookup(token: str) -> KeyCheck:
