@@ -32,7 +32,8 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=BatchAccepted,
              summary="Submit many scans",
-             responses={422: {"model": ErrorResponse, "description": "No file was acceptable"}})
+             responses={422: {"model": ErrorResponse, "description": "No file was acceptable"},
+                        400: {"model": ErrorResponse, "description": "Malformed Idempotency-Key"}})
 async def create_batch(
     tenant: CurrentTenant,
     settings: SettingsDep,

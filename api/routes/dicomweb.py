@@ -24,6 +24,7 @@ from api.deps import CurrentTenant, SettingsDep
 from api.errors import error_response
 from shared import multipart_related
 from shared.errors import InputError
+from shared.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,16 @@ def _item(sop_class: str, sop_uid: str, **private: str) -> dict[str, Any]:
     return item
 
 
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Malformed multipart body"},
+    415: {"model": ErrorResponse, "description": "Not multipart/related DICOM"}}
+
+
 @router.post("/studies", summary="STOW-RS: store instances",
              response_class=JSONResponse,
              responses={200: {"content": {DICOM_JSON: {}}, "description": "All stored"},
                         202: {"description": "Some stored, some failed"},
-                        409: {"description": "None stored"}})
+                        409: {"description": "None stored"}, **_BODY_ERRORS})
 async def store_instances(request: Request, tenant: CurrentTenant,
                           settings: SettingsDep) -> JSONResponse:
     """Store Part 10 instances (multipart/related; type="application/dicom")."""
@@ -70,7 +76,7 @@ async def store_instances(request: Request, tenant: CurrentTenant,
 
 
 @router.post("/studies/{study_uid}", summary="STOW-RS: store instances of one study",
-             response_class=JSONResponse)
+             response_class=JSONResponse, responses=_BODY_ERRORS)
 async def store_study_instances(study_uid: str, request: Request, tenant: CurrentTenant,
                                 settings: SettingsDep) -> JSONResponse:
     """As `POST /dicomweb/studies`; instances of another study fail (0xA900)."""

@@ -103,7 +103,7 @@ async def scan_events(
     scan: ScanDep,
     session: SessionDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Resume after this event id")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Every state change of the scan (replayed from the start, or after `Last-Event-ID`),
     then live ones; the stream ends when the scan is final."""
@@ -119,7 +119,7 @@ async def batch_events(
     batch: BatchDep,
     session: SessionDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Resume after this event id")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Every state change of every scan in the batch; ends when all of them are final."""
     await release(session)  # found and authorised: no connection is held while streaming

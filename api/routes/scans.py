@@ -29,6 +29,7 @@ _UPLOAD_ERRORS = {
     status.HTTP_401_UNAUTHORIZED: {"model": ErrorResponse, "description": "No or bad API key"},
 }
 
+    status.HTTP_400_BAD_REQUEST: {"model": ErrorResponse, "description": "Malformed Idempotency-Key"},
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ScanAccepted,
              responses=_UPLOAD_ERRORS, summary="Submit one scan")
@@ -70,7 +71,8 @@ async def list_scans(
     state: Annotated[JobState | None, Query(description="Only scans in this state")] = None,
     label: Annotated[str | None, Query(description=f"Only this label: {', '.join(CLASSES)}")] = None,
     batch_id: Annotated[str | None, Query(description="Only scans of this batch")] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    # Bounded so that the offset fits the database's 64-bit integers (a 422, never a 500).
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ScanPage:
     """The tenant's scans, newest first."""
