@@ -32,6 +32,7 @@ fhir.resources' R4B models, as `shared/fhir.py` does): `GET /v1/audit` and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -118,18 +119,24 @@ def read_event(tenant_id: str, key_id: str | None, kind: str, target: str, *,
                 request_id=request_id, detail={"kind": kind, **(detail or {})}, at=utcnow())
 
 
-async def write(reads: Sequence[Read]) -> None:
-    """Append these rows in one transaction; a failure is logged (with the rows), not raised:
-    the response has already gone out."""
+async def write(reads: Sequence[Read], *, attempts: int = 3) -> None:
+    """Append these rows in one transaction, trying again after a busy or unreachable database
+    (0.25 s, then 0.5 s); a final failure is logged (with the rows), not raised: the response
+    has already gone out."""
     if not reads:
         return
-    try:
-        async with async_write_session() as session:
-            session.add_all([r.row() for r in reads])
-    except Exception:
-        log.exception("audit: %d read events NOT written: %s", len(reads),
-                      [(r.tenant_id, r.key_id, r.action, r.target, r.request_id, r.at.isoformat())
-                       for r in reads])
+    for attempt in range(1, attempts + 1):
+        try:
+            async with async_write_session() as session:
+                session.add_all([r.row() for r in reads])
+            return
+        except Exception:
+            if attempt < attempts:
+                await asyncio.sleep(0.25 * 2 ** (attempt - 1))
+                continue
+            log.exception("audit: %d read events NOT written: %s", len(reads),
+                          [(r.tenant_id, r.key_id, r.action, r.target, r.request_id,
+                            r.at.isoformat()) for r in reads])
 
 
 # --- the file-name opt-in -------------------------------------------------------------------
