@@ -13,6 +13,7 @@ DELETE on PostgreSQL and SQLite), holds every audited act: deletions and purges
 | `GET /v1/batches/{id}/report.pdf` | download | `batch:{id}` | `batch_report_pdf` |
 | `GET /v1/scans/{id}/fhir` | read | `scan:{id}` | `fhir` |
 | `GET /v1/series/{id}` | read | `series:{id}` | `series` |
+| `GET /v1/series` | read | `series` | `series_list` (+ `series`: the ids listed) |
 | `GET /media/{folder}/{name}` | download | `scan:{id}` | `image` (+ `file`) |
 | `GET /v1/audit` | read | `audit` | `audit` |
 

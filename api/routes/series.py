@@ -87,14 +87,16 @@ class SeriesSummary(BaseModel):
 
 
 @router.get("", response_model=list[SeriesSummary], summary="The tenant's series, newest first")
-async def list_series(session: SessionDep, tenant: CurrentTenant,
+async def list_series(session: SessionDep, tenant: CurrentTenant, trail: AuditTrailDep,
                       limit: Annotated[int, Query(ge=1, le=200)] = 50) -> list[SeriesSummary]:
     """The latest series received by STOW-RS or C-STORE."""
     rows = await session.scalars(select(DicomSeries).where(DicomSeries.tenant_id == tenant.id)
                                  .order_by(DicomSeries.created_at.desc()).limit(limit))
-    return [SeriesSummary(id=r.id, state=r.state, source=r.source, study_ref=r.study_ref,
-                          created_at=r.created_at, label=r.label, probability=r.probability)
-            for r in rows]
+    found = [SeriesSummary(id=r.id, state=r.state, source=r.source, study_ref=r.study_ref,
+                           created_at=r.created_at, label=r.label, probability=r.probability)
+             for r in rows]
+    trail.read("series_list", "series", series=[s.id for s in found])
+    return found
 
 
 @router.get("/{series_id}", response_model=SeriesOut, summary="One series",

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
+from shared.db.dicom_models import DicomSeries
 from shared.db.lifecycle_models import AuditEvent
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Batch, ScanResult, utcnow
@@ -104,6 +105,11 @@ async def test_each_read_writes_exactly_one_row(client: httpx.AsyncClient,
                                                 env: dict[str, Any]) -> None:
     scan_id = _finished_scan(env["alpha"])
     batch_id, batch_scan = _batch(env["alpha"])
+    with sync_session() as session:
+        series = DicomSeries(tenant_id=env["alpha"], series_uid="2.25.1", source="stow-rs")
+        session.add(series)
+        session.flush()
+        series_id = series.id
     start = _last_id()
     rid = {"X-Request-ID": "req-0001"}
     scan = await client.get(f"/v1/scans/{scan_id}", headers=rid)
@@ -116,6 +122,8 @@ async def test_each_read_writes_exactly_one_row(client: httpx.AsyncClient,
                              headers={"X-Request-ID": "bad id with spaces"})).status_code == 200
     image = await client.get(scan.json()["heatmap_url"], headers={"Authorization": ""})
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert (await client.get("/v1/series")).status_code == 200
+    assert (await client.get(f"/v1/series/{series_id}")).status_code == 200
     # Reads that read nothing write nothing: another tenant's scan, an unknown batch.
     beta = {"Authorization": f"Bearer {env['keys']['beta']}"}
     assert (await client.get(f"/v1/scans/{scan_id}", headers=beta)).status_code == 404
@@ -132,7 +140,10 @@ async def test_each_read_writes_exactly_one_row(client: httpx.AsyncClient,
         (key, "download", f"batch:{batch_id}", "batch_report_pdf"),
         (key, "read", f"scan:{scan_id}", "fhir"),
         (key, "download", f"scan:{scan_id}", "image"),
+        (key, "read", "series", "series_list"),
+        (key, "read", f"series:{series_id}", "series"),
     ]
+    assert series_id in rows[7].detail["series"]
     assert rows[0].request_id == "req-0001"
     assert {scan_id, batch_scan} <= set(rows[1].detail["scans"])
     assert rows[6].detail["file"] == f"results/{scan_id}-heatmap.png"
