@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     cloudinary_api_secret: str | None = None
     # Where the SDK sends API calls; tests point it at a local stand-in server.
     cloudinary_upload_prefix: str | None = None
+    # One Cloudinary request may take this long; an upload that fails or times out is tried
+    # again (same public_id, overwrite: idempotent) up to STORAGE_MAX_ATTEMPTS times in all,
+    # 0.5, 1, 2... s apart, before the task's own retry (README, "Guarantees").
+    storage_timeout_s: float = Field(default=60.0, gt=0.0)
+    storage_max_attempts: int = Field(default=4, ge=1, le=10)
     # The worker decodes an image at most this many pixels on its longer side, shrinking it
     # while decoding (JPEG at 1/2..1/8 scale, PNG and DICOM in their 8/16-bit form): the model
     # reads 128 px and the overlay 1024. Heatmap, overlay and preview are drawn in that frame.
@@ -216,6 +221,12 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_timeout_s: float = 10.0  # one delivery attempt
     webhook_max_attempts: int = Field(default=6, ge=1)  # then the delivery is marked failed
+    # The outbox (README, "Guarantees"): a delivery still pending this long after it was due
+    # (its task was lost: the broker was down) is sent again by the reconciler; one claimed
+    # by a worker that never reported back within WEBHOOK_TIMEOUT_S + this counts as a try
+    # and the next is planned. Tries are 2^(n-1) s apart (with jitter), at most the maximum.
+    webhook_resend_age_s: float = Field(default=60.0, ge=1.0)
+    webhook_backoff_max_s: float = Field(default=600.0, ge=1.0)
 
     # --- data lifecycle (docs/operations.md, "Data we keep") -------------------------------
     # Days each kind of data is kept after its scan finished, unless the tenant has its own

@@ -8,6 +8,12 @@ is also allowed outside production). Delivery connects to the address that was c
 still verifies the host name), so DNS cannot be switched between check and use, and
 redirects are never followed.
 
+Outbox: a webhook is planned in the transaction that makes its result final, as a `pending`
+`webhook_deliveries` row (`plan_scan_webhooks`, hooked on every flush, so no code path that
+finishes a scan can forget it); the task sent after commit only triggers it, and the reconciler
+sends it again if the broker lost it (worker/webhook_tasks.py, worker/reconciler.py). Each
+webhook carries `X-NeuroScan-Delivery-Id`, the same on every try: receivers drop repeats.
+
 Signature: `X-NeuroScan-Timestamp: <unix seconds>` and
 `X-NeuroScan-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`.
 The secret is the tenant's own (`neuroscan webhook-secret --tenant NAME` shows it); tenants
@@ -21,19 +27,29 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import random
 import socket
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import Session
+
+from shared.db.hospital_models import WebhookDelivery
+from shared.db.models import ScanResult, utcnow
 from shared.errors import InputError
 from shared.settings import Settings, get_settings
+from shared.states import JobState
 
 INVALID_CALLBACK_URL = "invalid_callback_url"
 SIGNATURE_HEADER = "X-NeuroScan-Signature"
 TIMESTAMP_HEADER = "X-NeuroScan-Timestamp"
 EVENT_HEADER = "X-NeuroScan-Event"
+DELIVERY_ID_HEADER = "X-NeuroScan-Delivery-Id"  # the idempotency id: one per event, every try
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -190,12 +206,16 @@ def _without_filenames(value: Any) -> Any:
 
 
 def signed_headers(body: bytes, kind: str, settings: Settings | None = None,
-                   timestamp: int | None = None, tenant_id: str | None = None) -> dict[str, str]:
+                   timestamp: int | None = None, delivery_id: str | None = None,
+                   tenant_id: str | None = None) -> dict[str, str]:
     ts = int(time.time()) if timestamp is None else timestamp
     secret = webhook_secret(settings, tenant_id)
-    return {"Content-Type": "application/json", "User-Agent": "NeuroScan-Webhook/1",
-            TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(secret, ts, body),
-            EVENT_HEADER: f"{kind}.finished"}
+    headers = {"Content-Type": "application/json", "User-Agent": "NeuroScan-Webhook/1",
+               TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(secret, ts, body),
+               EVENT_HEADER: f"{kind}.finished"}
+    if delivery_id:
+        headers[DELIVERY_ID_HEADER] = delivery_id
+    return headers
 
 
 def retryable(status_code: int | None) -> bool:
@@ -214,3 +234,52 @@ def post(checked: CheckedURL, body: bytes, headers: dict[str, str], timeout_s: f
         response = client.post(checked.pinned_url(), content=body, headers=request_headers,
                                extensions={"sni_hostname": checked.host})
     return response.status_code
+
+
+# --- the outbox ------------------------------------------------------------------------------
+
+def delivery_id(kind: str, target_id: str) -> str:
+    """The idempotency id of a webhook: a scan or batch finishes once, so one id per target,
+    the same on every try and every re-send (a UUID derived from the kind and the id)."""
+    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{kind}.finished:{target_id}"))
+
+
+def backoff_s(attempt: int, settings: Settings | None = None) -> float:
+    """How long after try `attempt` the next one is due: 2^(attempt-1) s, capped at
+    WEBHOOK_BACKOFF_MAX_S, with jitter (half to all of it) so that receivers coming back are
+    not hit by every retry at once."""
+    s = settings or get_settings()
+    full = min(float(2 ** max(attempt - 1, 0)), s.webhook_backoff_max_s)
+    return full * random.uniform(0.5, 1.0)
+
+
+def pending_delivery(tenant_id: str, url: str, *, scan_id: str | None = None,
+                     batch_id: str | None = None, attempt: int = 1,
+                     due_in_s: float = 0.0, now: datetime | None = None) -> WebhookDelivery:
+    """A planned try, due `due_in_s` from now; its task counts as sent now."""
+    now = now or utcnow()
+    return WebhookDelivery(tenant_id=tenant_id, scan_id=scan_id, batch_id=batch_id, url=url,
+                           attempt=attempt, state=PENDING, created_at=now,
+                           due_at=now + timedelta(seconds=due_in_s), enqueued_at=now)
+
+
+def plan_scan_webhooks(session: Session, _flush_context: object = None,
+                       _instances: object = None) -> None:
+    """Before a flush: every scan with a callback URL that this flush makes final gets its
+    first try planned, in the same transaction as its result (registered for every Session,
+    sync or async, below)."""
+    for obj in list(session.dirty):
+        if not isinstance(obj, ScanResult) or not obj.callback_url:
+            continue
+        history = inspect(obj).attrs.state.history
+        if not history.added or history.added[0] not in _FINAL:
+            continue
+        if any(old in _FINAL for old in history.deleted or ()):
+            continue  # was final already (cannot happen: transitions refuse it)
+        session.add(pending_delivery(obj.tenant_id, obj.callback_url, scan_id=obj.id))
+
+
+PENDING, SENDING, DONE = "pending", "sending", "done"
+_FINAL = (JobState.SUCCEEDED.value, JobState.FAILED.value)
+_DELIVERY_NAMESPACE = uuid.UUID("5b0c9d0e-4c1f-4d7a-9a57-2f3c8d6e1a10")
+event.listen(Session, "before_flush", plan_scan_webhooks)

@@ -11,6 +11,14 @@ RECONCILE_INTERVAL_S (and once at start). A pass:
    and were last sent more than RECONCILE_AGE_S ago: the broker was down when the API
    committed them, or the message was lost.
 
+3. webhooks (the outbox, worker/webhook_tasks.py): re-sends the task of every delivery still
+   `pending` WEBHOOK_RESEND_AGE_S after it was due (the broker was down when the result was
+   written, or the retry's countdown message was lost); counts a `sending` try whose worker
+   never reported back within WEBHOOK_TIMEOUT_S + WEBHOOK_RESEND_AGE_S as made (error
+   `interrupted`) and plans the next within WEBHOOK_MAX_ATTEMPTS; and decides batches whose
+   scans are all final but whose worker died before it marked the batch finished, planning
+   their webhook (and that of a finished batch whose first try was never planned).
+
 Every PURGE_INTERVAL_S (and at start) the same thread also runs one bounded pass of the
 retention purge (`shared.lifecycle.purge_once`).
 
@@ -30,16 +38,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy.orm import Session
 
-from shared.db.models import ScanResult, utcnow
+from shared.db.hospital_models import WebhookDelivery
+from shared.db.models import Batch, ScanResult, utcnow
 from shared.db.session import sync_session
 from shared.lifecycle import purge_once
-from shared.queue import enqueue_scans
+from shared.queue import DELIVER_WEBHOOK, enqueue_scans
 from shared.settings import Settings, get_settings
 from shared.states import JobState
+from shared.webhooks import DONE, PENDING, SENDING, pending_delivery
 from worker import pipeline
 from worker.leases import alive_owners
+from worker.webhook_tasks import plan_batch_webhook
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,11 @@ POISON_MESSAGE = ("This scan stopped the worker processing it {n} times (an inpu
                   "a decoder, say); it was not retried again.")
 
 Send = Callable[[list[str], int], object]  # (scan ids, batch size): sends the tasks
+SendWebhook = Callable[[str, str], object]  # (scan or batch id, "scan" | "batch")
+# Batches older than this are never decided or planned by the reconciler: a batch from before
+# the outbox existed must not get a webhook days late.
+WEBHOOK_HORIZON = timedelta(days=1)
+INTERRUPTED = "interrupted: the worker was lost during this try"
 
 
 @dataclass
@@ -56,22 +73,90 @@ class PassReport:
     poisoned: list[str] = field(default_factory=list)
     retried_alone: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    webhooks: list[str] = field(default_factory=list)  # scan or batch ids whose task was re-sent
 
     def __bool__(self) -> bool:
-        return bool(self.poisoned or self.retried_alone or self.resent)
+        return bool(self.poisoned or self.retried_alone or self.resent or self.webhooks)
 
 
 def reconcile_once(send: Send, settings: Settings | None = None, *,
                    age_s: float | None = None, notify: pipeline.Notify | None = None,
-                   now: datetime | None = None) -> PassReport:
-    """One pass (see the module docstring). `send` raising leaves the rows as they were, so
-    the next pass tries again."""
+                   now: datetime | None = None,
+                   send_webhook: SendWebhook | None = None) -> PassReport:
+    """One pass (see the module docstring); webhooks only with `send_webhook`. `send` raising
+    leaves the rows as they were, so the next pass tries again."""
     s = settings or get_settings()
     now = now or utcnow()
     report = PassReport()
     _take_back_expired(s, now, report, send, notify)
     _resend_unclaimed(s, now, age_s if age_s is not None else s.reconcile_age_s, report, send)
+    if send_webhook is not None:
+        _reconcile_webhooks(s, now, report, send_webhook)
     return report
+
+
+def _target(row: WebhookDelivery) -> tuple[str, str]:
+    return (row.scan_id, "scan") if row.scan_id else (str(row.batch_id), "batch")
+
+
+def _reconcile_webhooks(s: Settings, now: datetime, report: PassReport,
+                        send: SendWebhook) -> None:
+    cutoff = now - timedelta(seconds=s.webhook_resend_age_s)
+    due: list[tuple[str, str]] = []
+    with sync_session() as session:
+        # Tries in flight on a worker that died: made, as far as we know; plan the next.
+        stuck = session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.state == SENDING,
+            WebhookDelivery.claimed_at < cutoff - timedelta(seconds=s.webhook_timeout_s))
+            .order_by(WebhookDelivery.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)).all()
+        for row in stuck:
+            row.state, row.error = DONE, INTERRUPTED
+            if row.attempt < s.webhook_max_attempts:
+                session.add(pending_delivery(row.tenant_id, row.url, scan_id=row.scan_id,
+                                             batch_id=row.batch_id, attempt=row.attempt + 1,
+                                             now=now))
+                due.append(_target(row))
+        # Planned tries whose trigger was lost.
+        overdue = session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.state == PENDING, WebhookDelivery.due_at < cutoff,
+            or_(WebhookDelivery.enqueued_at.is_(None), WebhookDelivery.enqueued_at < cutoff))
+            .order_by(WebhookDelivery.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)).all()
+        for row in overdue:
+            row.enqueued_at = now
+            due.append(_target(row))
+        due += [(batch_id, "batch") for batch_id in _plan_lost_batches(session, now, cutoff)]
+        # Inside the transaction: if the broker is down, nothing is marked and the next pass
+        # finds the same rows.
+        for target_id, kind in dict.fromkeys(due):
+            send(target_id, kind)
+    report.webhooks = [target_id for target_id, _ in dict.fromkeys(due)]
+
+
+def _plan_lost_batches(session: Session, now: datetime, cutoff: datetime) -> list[str]:
+    """Batches with a callback whose webhook was never planned: all scans final but not marked
+    finished (the worker died between the results and the batch decision), or finished with no
+    delivery row (the task was lost). Both at least WEBHOOK_RESEND_AGE_S old."""
+    horizon = now - WEBHOOK_HORIZON
+    unfinished = exists().where(ScanResult.batch_id == Batch.id,
+                                ScanResult.state.in_((JobState.QUEUED.value,
+                                                      JobState.PROCESSING.value)))
+    planned = exists().where(WebhookDelivery.batch_id == Batch.id)
+    ids = list(session.scalars(select(Batch.id).where(
+        Batch.callback_url.is_not(None), Batch.created_at > horizon, ~planned,
+        or_((Batch.finished_at.is_(None)) & (Batch.created_at < cutoff) & ~unfinished,
+            (Batch.finished_at < cutoff)),
+    ).order_by(Batch.id).limit(PASS_LIMIT)))
+    planned_now = []
+    for batch_id in ids:
+        batch = session.scalars(select(Batch).where(Batch.id == batch_id)
+                                .with_for_update(skip_locked=True)).first()
+        if batch is None:
+            continue
+        if batch.finished_at is None:
+            batch.finished_at = now
+        if plan_batch_webhook(session, batch_id, now):
+            planned_now.append(batch_id)
+    return planned_now
 
 
 def _expired(now: datetime) -> Select[tuple[ScanResult]]:
@@ -149,15 +234,20 @@ class Reconciler(threading.Thread):
     def _send(self, scan_ids: Sequence[str], batch_size: int) -> object:
         return enqueue_scans(self._producer, list(scan_ids), batch_size)
 
+    def _send_webhook(self, target_id: str, kind: str) -> object:
+        return self._producer.send_task(DELIVER_WEBHOOK, args=[target_id, kind])  # type: ignore[attr-defined]
+
     def run(self) -> None:
         last_purge: float | None = None
         while True:
             try:
-                report = reconcile_once(self._send, self._settings, notify=self._notify)
+                report = reconcile_once(self._send, self._settings, notify=self._notify,
+                                        send_webhook=self._send_webhook)
                 if report:
-                    log.warning("reconciler: %d poison, %d retried alone, %d re-sent",
-                                len(report.poisoned), len(report.retried_alone),
-                                len(report.resent))
+                    log.warning("reconciler: %d poison, %d retried alone, %d re-sent, "
+                                "%d webhooks re-sent", len(report.poisoned),
+                                len(report.retried_alone), len(report.resent),
+                                len(report.webhooks))
             except Exception:  # database or broker down: the next pass tries again
                 log.warning("reconciler pass failed", exc_info=True)
             if last_purge is None or (time.monotonic() - last_purge

@@ -17,6 +17,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("ix_webhook_deliveries_scan_id", "scan_id"),
         Index("ix_webhook_deliveries_batch_id", "batch_id"),
+        Index("ix_webhook_deliveries_state_due", "state", "due_at"),
     )
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
@@ -30,3 +31,10 @@ class WebhookDelivery(Base):
     status_code: Mapped[int | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The outbox (migration 0010, shared/webhooks.py): `pending` (planned, due at `due_at`;
+    # a task last sent at `enqueued_at`), `sending` (a worker claimed it at `claimed_at`) or
+    # `done` (made: `status_code`/`error` say how it went).
+    state: Mapped[str] = mapped_column(String(16), default="done", server_default="done")
+    due_at: Mapped[datetime | None] = mapped_column(default=None)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)

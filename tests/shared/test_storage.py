@@ -111,11 +111,16 @@ def test_cloudinary_refuses_a_wrong_secret_and_outages_raise(standin: Cloudinary
     with pytest.raises(StorageError, match="Invalid Signature"):
         _cloudinary(standin, secret="wrong").put("results", "x.png", PNG, "image/png")
     assert standin.assets == {} and standin.rejected == 1
-    standin.fail_uploads = 1
-    with pytest.raises(StorageError):
-        _cloudinary(standin).put("results", "x.png", PNG, "image/png")
+    standin.fail_uploads = 1  # one 500: tried again at once (same public_id, overwrite)
+    assert _cloudinary(standin).put("results", "x.png", PNG, "image/png")
+    assert standin.fail_uploads == 0 and len(standin.assets) == 1
+    standin.fail_uploads = 10  # an outage: StorageError after STORAGE_MAX_ATTEMPTS tries
+    with pytest.raises(StorageError, match="after 4 tries"):
+        _cloudinary(standin).put("results", "y.png", PNG, "image/png")
+    assert standin.fail_uploads == 6
+    standin.fail_uploads = 0
     down = CloudinaryStorage({"cloud_name": "c", "api_key": "k", "api_secret": "s"},
-                             upload_prefix="http://127.0.0.1:9", timeout_s=2)
+                             upload_prefix="http://127.0.0.1:9", timeout_s=2, max_attempts=2)
     with pytest.raises(StorageError):
         down.put("results", "x.png", PNG, "image/png")
     with pytest.raises(StorageError):

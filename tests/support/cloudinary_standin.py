@@ -3,12 +3,19 @@
 The SDK is pointed at it with `upload_prefix`. Like the service, it refuses any request whose
 signature is not SHA-1 over the sorted parameters plus the API secret (401), refuses expired
 download links (401), serves back exactly what was uploaded, and destroys assets on request.
+
+Faults: `fail_uploads` answers the next N uploads with 500 (an outage); `fail_ratio` makes each
+upload fail at random with that probability (seeded, `fault_seed`): half of those answer 500
+at once, the other half store the asset and then hang for `hang_s` before a 500 (a timeout
+whose upload may have happened: the client cannot tell). `injected` counts both kinds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,7 +57,13 @@ class CloudinaryStandIn:
     rejected: int = 0
     # Answer this many coming uploads with HTTP 500, as during an outage.
     fail_uploads: int = 0
+    # Each upload fails with this probability (half at once, half after hanging `hang_s`).
+    fail_ratio: float = 0.0
+    hang_s: float = 5.0
+    fault_seed: int = 13
+    injected: dict[str, int] = field(default_factory=lambda: {"errors": 0, "hangs": 0})
     destroyed: int = 0
+    _rng: random.Random = field(default_factory=lambda: random.Random(13))
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -67,6 +80,26 @@ class CloudinaryStandIn:
     @property
     def upload_count(self) -> int:
         return sum(a.uploads for a in self.assets.values())
+
+    def random_faults(self, ratio: float, hang_s: float | None = None) -> None:
+        """Fail each coming upload with probability `ratio` (0 switches it off)."""
+        with self._lock:
+            self._rng = random.Random(self.fault_seed)
+            self.fail_ratio = ratio
+            if hang_s is not None:
+                self.hang_s = hang_s
+
+    def _draw_fault(self) -> str | None:
+        """None, "error" or "hang" for the next upload."""
+        with self._lock:
+            if self.fail_uploads > 0:
+                self.fail_uploads -= 1
+                return "outage"
+            if self.fail_ratio <= 0 or self._rng.random() >= self.fail_ratio:
+                return None
+            kind = "hangs" if self._rng.random() < 0.5 else "errors"
+            self.injected[kind] += 1
+            return kind
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> CloudinaryStandIn:
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
@@ -153,10 +186,8 @@ def _handler_for(standin: CloudinaryStandIn) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             params, data, filename = _parse_multipart(self.headers.get("Content-Type", ""), body)
-            with standin._lock:
-                outage = standin.fail_uploads > 0
-                standin.fail_uploads -= int(outage)
-            if outage:
+            fault = standin._draw_fault() if parts[3] == "upload" else None
+            if fault in ("outage", "errors"):
                 return self._json(500, {"error": {"message": "stand-in outage"}})
             problem = standin.check(params)
             if problem:
@@ -167,6 +198,11 @@ def _handler_for(standin: CloudinaryStandIn) -> type[BaseHTTPRequestHandler]:
             if data is None:
                 return self._json(400, {"error": {"message": "Missing required parameter - file"}})
             asset = standin.store(params, data, filename)
+            if fault == "hangs":  # stored, but the answer comes too late for the client
+                time.sleep(standin.hang_s)
+                with contextlib.suppress(OSError):
+                    self._json(500, {"error": {"message": "stand-in timeout"}})
+                return None
             self._json(200, {
                 "public_id": asset.public_id, "version": asset.version, "format": asset.format,
                 "resource_type": parts[2], "type": asset.type, "bytes": len(asset.data),
