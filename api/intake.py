@@ -164,32 +164,39 @@ class _Sender:
     """Sends the tasks of concurrent requests together (a group commit for the broker).
 
     Requests that finish while a send is in flight wait for the next one, which carries all
-    their scan IDs at once (split into tasks of `worker_batch_size`): one broker write for many
-    uploads (kombu's SQLite transport has a single writer; Redis saves round trips) and fuller
-    batches for the worker. Each request still returns only after its own IDs were sent."""
+    their scan IDs at once (split per queue into tasks of `worker_batch_size`): one broker
+    write for many uploads (kombu's SQLite transport has a single writer; Redis saves round
+    trips) and fuller batches for the worker. Interactive scans are sent first. Each request
+    still returns only after its own IDs were sent."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
-        self._pending: list[tuple[list[str], asyncio.Future[bool]]] = []
+        self._pending: list[tuple[list[str], str, asyncio.Future[bool]]] = []
 
-    async def send(self, scan_ids: list[str], settings: Settings) -> bool:
+    async def send(self, scan_ids: list[str], queue: str, settings: Settings) -> bool:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((scan_ids, done))
+        self._pending.append((scan_ids, queue, done))
         async with self._lock:
             if not done.done():  # nobody took ours along while we waited: send all pending
                 group, self._pending = self._pending, []
-                ids = [i for group_ids, _ in group for i in group_ids]
+                by_queue: dict[str, list[str]] = {settings.queue_interactive: []}
+                for group_ids, group_queue, _ in group:
+                    by_queue.setdefault(group_queue, []).extend(group_ids)
                 try:
-                    await run_in_threadpool(enqueue_scans, producer(), ids,
-                                            settings.worker_batch_size)
+                    await run_in_threadpool(_send_all, by_queue, settings.worker_batch_size)
                     ok = True
                 except Exception:
                     log.exception("could not enqueue %d scans; they stay queued for the "
-                                  "reconciler", len(ids))
+                                  "reconciler", sum(len(ids) for ids in by_queue.values()))
                     ok = False
-                for _, future in group:
+                for _, _, future in group:
                     future.set_result(ok)
         return done.result()
+
+
+def _send_all(by_queue: dict[str, list[str]], batch_size: int) -> None:
+    for queue, ids in by_queue.items():
+        enqueue_scans(producer(), ids, batch_size, queue)
 
 
 # asyncio locks belong to the loop that made them: one sender per event loop.
@@ -197,7 +204,11 @@ _senders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sender] = \
     weakref.WeakKeyDictionary()
 
 
-async def enqueue(scan_ids: list[str], settings: Settings) -> bool:
-    """Send the tasks (after commit). A failure is logged, not raised: the scans are stored."""
+async def enqueue(scan_ids: list[str], settings: Settings, *, bulk: bool | None = None) -> bool:
+    """Send the tasks (after commit) to the bulk queue (`bulk`; None: more than one scan) or
+    the interactive one. A failure is logged, not raised: the scans are stored."""
+    if bulk is None:
+        bulk = len(scan_ids) > 1
     sender = _senders.setdefault(asyncio.get_running_loop(), _Sender())
-    return await sender.send(scan_ids, settings)
+    return await sender.send(scan_ids, settings.queue_bulk if bulk else settings.queue_interactive,
+                             settings)

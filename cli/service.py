@@ -58,13 +58,23 @@ def local_api_key(var_dir: Path) -> str:
     return key
 
 
-def _worker_argv(pool: str, concurrency: int | None, name: str = "neuroscan@%h") -> list[str]:
+MODEL_QUEUES = "interactive,bulk"
+WEBHOOK_QUEUES = "webhooks"
+# The embedded webhook sender: network waits only, so threads, and a few at once.
+WEBHOOK_THREADS = 4
+
+
+def _worker_argv(pool: str, concurrency: int | None, name: str = "neuroscan@%h",
+                 queues: str = MODEL_QUEUES) -> list[str]:
+    from shared.queue import worker_queues
     from shared.settings import get_settings
 
     s = get_settings()
+    kinds = [kind.strip() for kind in queues.split(",") if kind.strip()]
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
             "--pool", pool, "--concurrency", str(concurrency or s.worker_concurrency),
-            "--queues", s.queue_name, "--events", "--loglevel", s.log_level,
+            # Most urgent first: the order a Redis worker checks them in (shared/queue.py).
+            "--queues", ",".join(worker_queues(s, kinds)), "--events", "--loglevel", s.log_level,
             # %h: the host name, unique per container, so health checks can ping this node.
             "--hostname", name]
 
@@ -74,11 +84,19 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Threads for the threads pool (default: settings).")] = None,
     name: Annotated[str, typer.Option(
         help="Celery node name (%h: host name); set one per worker where containers share a host name.")] = "neuroscan@%h",
+    queues: Annotated[str, typer.Option(
+        help="Queue kinds to consume: interactive,bulk (a model worker) or webhooks (a light "
+             "worker that never loads the model). Names come from QUEUE_* settings.")] = MODEL_QUEUES,
 ) -> None:
     """Run a Celery worker (task events on, for Flower)."""
+    from shared.queue import KINDS
+
     if pool not in ("solo", "threads"):
         raise typer.BadParameter("use solo or threads: prefork forks after TensorFlow starts threads")
-    argv = _worker_argv(pool, 1 if pool == "solo" else concurrency, name)
+    kinds = {kind.strip() for kind in queues.split(",") if kind.strip()}
+    if not kinds or kinds - set(KINDS):
+        raise typer.BadParameter(f"queue kinds are {', '.join(KINDS)} (comma-separated)")
+    argv = _worker_argv(pool, 1 if pool == "solo" else concurrency, name, ",".join(kinds))
     os.execv(argv[0], argv)
 
 
@@ -123,11 +141,16 @@ def serve(
                     "again) until a model is there (see README: neuroscan train)", fg="yellow", err=True)
     bind_host, bind_port = host or s.host, port or s.port
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception (from
-    # before the worker exists) so that the worker is always stopped, never orphaned.
+    # before the worker exists) so that the workers are always stopped, never orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    worker = _SupervisedWorker()
+    # The model worker (interactive before bulk) and, apart from it, the webhook sender
+    # without the model: a slow receiver never holds up a scan.
+    workers = [_SupervisedWorker(_worker_argv("solo", 1, "neuroscan@%h", MODEL_QUEUES)),
+               _SupervisedWorker(_worker_argv("threads", WEBHOOK_THREADS, "webhooks@%h",
+                                              WEBHOOK_QUEUES))]
     try:
-        worker.start()
+        for worker in workers:
+            worker.start()
         url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
         typer.secho(f"\nNeuroScan is running at {url}  (web page: {url}/app, API docs: {url}/docs)",
                     fg="green", bold=True)
@@ -138,7 +161,8 @@ def serve(
     except SystemExit:
         pass
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
 
 
 class _SupervisedWorker:
@@ -147,13 +171,14 @@ class _SupervisedWorker:
 
     RESTART_DELAY_S = 2.0
 
-    def __init__(self) -> None:
+    def __init__(self, argv: list[str]) -> None:
+        self._argv = argv
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(_worker_argv("solo", 1))
+        self._proc = subprocess.Popen(self._argv)
         threading.Thread(target=self._watch, name="worker-supervisor", daemon=True).start()
 
     def _watch(self) -> None:
@@ -168,7 +193,7 @@ class _SupervisedWorker:
             with self._lock:
                 if self._stopping.is_set():
                     return
-                self._proc = subprocess.Popen(_worker_argv("solo", 1))
+                self._proc = subprocess.Popen(self._argv)
 
     def stop(self) -> None:
         with self._lock:
@@ -192,13 +217,13 @@ def requeue(
 ) -> None:
     """One reconciler pass now (every worker runs one on its own, every RECONCILE_INTERVAL_S):
     re-send unclaimed scans last sent OLDER_THAN_S ago, take back expired leases."""
-    from shared.queue import enqueue_scans, make_producer
+    from shared.queue import make_producer, send_scans
     from shared.settings import get_settings
     from worker.reconciler import reconcile_once
 
     s = get_settings()
     producer = make_producer(s)
-    report = reconcile_once(lambda ids, size: enqueue_scans(producer, ids, size), s,
+    report = reconcile_once(lambda ids, size: send_scans(producer, ids, size, s), s,
                             age_s=older_than_s)
     typer.echo(f"re-enqueued {len(report.resent) + len(report.retried_alone)} scans"
                + (f"; {len(report.poisoned)} failed as poison_input" if report.poisoned else ""))

@@ -49,8 +49,19 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./var/neuroscan.db"
     # Celery's broker: kombu's SQLAlchemy transport on SQLite (embedded) or `redis://...`.
     broker_url: str = "sqla+sqlite:///./var/broker.db"
-    # The Celery queue the API sends to and workers consume (separate stacks can share a Redis).
+    # Names this deployment's Celery queues and event channel: stacks that share one Redis
+    # each need their own.
     queue_name: str = "neuroscan"
+    # The queues (docs/operations.md, "Queues"): single scans go to QUEUE_INTERACTIVE, batches
+    # to QUEUE_BULK, webhook sends to QUEUE_WEBHOOKS. Model workers take interactive work
+    # first; webhooks go to a light worker without the model. Empty: QUEUE_NAME + ".interactive",
+    # ".bulk", ".webhooks".
+    queue_interactive: str = ""
+    queue_bulk: str = ""
+    queue_webhooks: str = ""
+    # How long an Idempotency-Key is remembered: a retry within this time gets the first
+    # answer (same ids), never a second scan.
+    idempotency_key_ttl_s: int = Field(default=24 * 3600, ge=60)
     # Where the embedded deployment keeps its database, broker and state.
     var_dir: Path = Path("./var")
 
@@ -271,6 +282,13 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_KEY_LENGTH} characters (e.g. `openssl rand -hex 32`), or unset it "
                 "in the embedded deployment to have one generated; weak secrets are accepted "
                 "only with ENVIRONMENT=development or test")
+        return self
+
+    @model_validator(mode="after")
+    def _name_queues(self) -> Settings:
+        self.queue_interactive = self.queue_interactive or f"{self.queue_name}.interactive"
+        self.queue_bulk = self.queue_bulk or f"{self.queue_name}.bulk"
+        self.queue_webhooks = self.queue_webhooks or f"{self.queue_name}.webhooks"
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,10 @@ class JobState(StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED)
 
 
+# For queries and membership tests ("state in ..."), derived from `is_final`, never spelled out.
+FINAL_STATES: frozenset[JobState] = frozenset(s for s in JobState if s.is_final)
+UNFINISHED_STATES: tuple[JobState, ...] = tuple(s for s in JobState if not s.is_final)
+
 # A retried task may move processing -> processing again; nothing leaves a final state.
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.PROCESSING, JobState.FAILED}),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -131,17 +131,22 @@ def claim(session: Session, scan_ids: Sequence[str], owner: str | None = None,
 
 
 def claim_queued(session: Session, limit: int, owner: str, lease_s: float,
-                 exclude: Sequence[str] = ()) -> list[Claimed]:
-    """Dynamic batching: up to `limit` more scans, oldest first, that are queued for other
-    tasks, leased to `owner` as `claim` does. Only scans never lost by a worker (a scan that
-    was runs alone, README "Guarantees") and not locked by another worker (SKIP LOCKED)."""
+                 exclude: Sequence[str] = (), singles_only: bool = False) -> list[Claimed]:
+    """Dynamic batching: up to `limit` more scans that are queued for other tasks, leased to
+    `owner` as `claim` does: single scans (no batch: someone is waiting) before batch scans,
+    oldest first within each; `singles_only` (an interactive task: its pass stays short) takes
+    no batch scans. Only scans never lost by a worker (a scan that was runs alone, README
+    "Guarantees") and not locked by another worker (SKIP LOCKED)."""
     if limit <= 0:
         return []
-    ids = list(session.scalars(select(ScanResult.id).where(
+    query = select(ScanResult.id).where(
         ScanResult.state == JobState.QUEUED.value, ScanResult.lease_owner.is_(None),
-        ScanResult.lost_leases == 0, ScanResult.id.not_in(list(exclude)),
-    ).order_by(ScanResult.created_at, ScanResult.id).limit(limit)
-        .with_for_update(skip_locked=True)))
+        ScanResult.lost_leases == 0, ScanResult.id.not_in(list(exclude)))
+    if singles_only:
+        query = query.where(ScanResult.batch_id.is_(None))
+    singles_first = case((ScanResult.batch_id.is_(None), 0), else_=1)
+    ids = list(session.scalars(query.order_by(singles_first, ScanResult.created_at, ScanResult.id)
+                               .limit(limit).with_for_update(skip_locked=True)))
     return claim(session, ids, owner, lease_s) if ids else []
 
 
@@ -288,14 +293,15 @@ def announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify 
 
 def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
                   storage: Storage | None = None, owner: str | None = None,
-                  gather: int = 0, resend: Resend | None = None) -> list[str]:
+                  gather: int = 0, resend: Resend | None = None,
+                  singles_only: bool = False) -> list[str]:
     """The whole pipeline for one task; returns the IDs of the scans it finished.
 
     `owner` names the task holding the leases (a Celery retry keeps its task id). With
     `gather` (the task passes WORKER_MAX_BATCH) queued scans of other tasks join this one's
-    model pass (`claim_queued`) up to that many in all. If the pass fails, those extras are given
-    back and handed to `resend` (each alone, as a failed batch is retried); the task's own
-    scans are its retry's business."""
+    model pass (`claim_queued`; with `singles_only`, no batch scans) up to that many in all.
+    If the pass fails, those extras are given back and handed to `resend` (each alone, as a
+    failed batch is retried); the task's own scans are its retry's business."""
     s = get_settings()
     owner = owner or new_id()
     started = time.monotonic()
@@ -305,7 +311,7 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
         claimed = claim(session, scan_ids, owner, s.scan_lease_s)
         if claimed:
             claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
-                                    exclude=scan_ids)
+                                    exclude=scan_ids, singles_only=singles_only)
     if not claimed:
         return []
     if gather and len(claimed) < gather and s.worker_batch_wait_ms > 0:
@@ -313,7 +319,7 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
         time.sleep(s.worker_batch_wait_ms / 1000)
         with sync_session() as session:
             claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
-                                    exclude=scan_ids)
+                                    exclude=scan_ids, singles_only=singles_only)
     ids = [item.scan_id for item in claimed]
     publish(ids)  # their `processing` events
     own = set(scan_ids)

@@ -45,7 +45,7 @@ from shared.db.hospital_models import WebhookDelivery
 from shared.db.models import Batch, ScanResult, utcnow
 from shared.db.session import sync_session
 from shared.lifecycle import purge_once
-from shared.queue import DELIVER_WEBHOOK, enqueue_scans
+from shared.queue import DELIVER_WEBHOOK, send_scans
 from shared.settings import Settings, get_settings
 from shared.states import JobState
 from shared.webhooks import DONE, PENDING, SENDING, pending_delivery
@@ -232,7 +232,8 @@ class Reconciler(threading.Thread):
         self._stop_event = threading.Event()
 
     def _send(self, scan_ids: Sequence[str], batch_size: int) -> object:
-        return enqueue_scans(self._producer, list(scan_ids), batch_size)
+        # Each scan to its kind's queue: a batch's scans to bulk, single scans to interactive.
+        return send_scans(self._producer, list(scan_ids), batch_size, self._settings)
 
     def _send_webhook(self, target_id: str, kind: str) -> object:
         return self._producer.send_task(DELIVER_WEBHOOK, args=[target_id, kind])  # type: ignore[attr-defined]

@@ -16,7 +16,14 @@ from typing import Any
 from celery import Task, signals
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.queue import DELIVER_WEBHOOK, PROCESS_SCANS, enqueue_scans, make_producer
+from shared.queue import (
+    DELIVER_WEBHOOK,
+    MODEL_KINDS,
+    PROCESS_SCANS,
+    make_producer,
+    send_scans,
+    worker_queues,
+)
 from shared.settings import get_settings
 from shared.storage import StorageError, topology_problem
 from worker import pipeline
@@ -33,6 +40,7 @@ _reconciler: Reconciler | None = None
 
 
 def _notify(target_id: str, kind: str) -> None:
+    # Routed to the webhooks queue (shared/queue.py, task_routes): never sent from here.
     app.send_task(DELIVER_WEBHOOK, args=[target_id, kind])
 
 
@@ -52,7 +60,7 @@ class _ScanTask(Task):
             log.error("batch of %d failed (%s: %s); retrying each scan alone", len(scan_ids),
                       type(exc).__name__, exc)
             try:
-                enqueue_scans(app, scan_ids, 1)
+                send_scans(app, scan_ids, 1)  # each to its kind's queue
                 return
             except Exception:  # the broker too: the reconciler re-sends them (lease released)
                 log.exception("could not re-send scans %s", scan_ids)
@@ -72,17 +80,30 @@ class _ScanTask(Task):
           max_retries=get_settings().task_max_retries)
 def process_scans(self: Task, scan_ids: list[str]) -> int:
     """Classify and explain these scans (one batched model pass); returns how many finished."""
+    s = get_settings()
+    # An interactive task gathers only other single scans: someone is waiting for this pass.
+    interactive = (self.request.delivery_info or {}).get("routing_key") == s.queue_interactive
     return len(pipeline.process_scans(scan_ids, notify=_notify, owner=self.request.id,
-                                      gather=get_settings().worker_max_batch,
-                                      resend=_resend_alone))
+                                      gather=s.worker_max_batch, resend=_resend_alone,
+                                      singles_only=interactive))
 
 
 def _resend_alone(scan_ids: list[str]) -> None:
-    enqueue_scans(app, scan_ids, 1)
+    send_scans(app, scan_ids, 1)  # gathered scans may be of either kind
+
+
+def _consumes_model_queues(worker: Any) -> bool:
+    """Whether this worker was started for scans (-Q with interactive or bulk, or no -Q),
+    rather than as the light webhooks worker, which never loads the model."""
+    try:
+        consumed = set(worker.app.amqp.queues.consume_from)
+    except AttributeError:  # not a worker we know how to read: load, as before
+        return True
+    return bool(consumed & set(worker_queues(get_settings(), MODEL_KINDS)))
 
 
 @signals.worker_init.connect
-def _load_model_or_exit(**_kwargs: Any) -> None:
+def _load_model_or_exit(sender: Any = None, **_kwargs: Any) -> None:
     """Fail fast: load and hash-check the model before consuming anything. A worker whose
     weights are missing or differ from their card exits non-zero, so it never reports ready
     (compose health check, Flower) and never claims a scan it cannot process. The same for
@@ -91,6 +112,9 @@ def _load_model_or_exit(**_kwargs: Any) -> None:
     if problem:
         log.critical("refusing to start: %s", problem)
         raise SystemExit(1)
+    if sender is not None and not _consumes_model_queues(sender):
+        log.info("no scan queue consumed (webhooks only): the model is not loaded")
+        return
     try:
         pipeline.get_model()
     except Exception:

@@ -2,12 +2,15 @@
 
 The page is plain HTML, CSS and ES modules from `api/web/`, served by the API itself so that
 `make run` is all a clinic needs. It talks to the same `/v1` routes as every other client,
-with the API key in an `Authorization` header (never in a URL).
+with the API key in an `Authorization` header (never in a URL). The page carries the
+vocabulary of `GET /v1/meta` (class names, final states, confidence bands, the disclaimer) as
+a JSON data block, filled in here, so its scripts keep no copy of it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import mimetypes
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,6 +20,7 @@ from urllib.parse import urlparse
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
+from api.routes.meta import vocabulary
 from shared.settings import Settings, get_settings
 
 router = APIRouter(include_in_schema=False)
@@ -27,6 +31,10 @@ _CLOUDINARY_HOSTS = ["https://api.cloudinary.com", "https://res.cloudinary.com"]
 # Assets are revalidated on every load (cheap with the ETag), so a deploy shows at once.
 _CACHE_ASSET = "no-cache"
 _CACHE_PAGE = "no-cache, no-store"
+
+# Where index.html receives the vocabulary (a JSON data block) and the disclaimer (text).
+VOCABULARY_SLOT = b"<!-- vocabulary -->"
+DISCLAIMER_SLOT = b"<!-- disclaimer -->"
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,24 @@ def _assets() -> dict[str, _Asset]:
         if not path.is_file() or path.name.startswith("."):
             continue
         body = path.read_bytes()
+        if path.name == "index.html":
+            body = fill_page(body)
         media_type = _media_type(path)
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         found[path.relative_to(WEB_DIR).as_posix()] = _Asset(body, media_type, etag)
     return found
+
+
+def fill_page(page: bytes) -> bytes:
+    """index.html with the vocabulary and the disclaimer filled in from the server's own."""
+    meta = vocabulary()
+    # JSON inside <script>: escaping "<" keeps "</script>" and "<!--" out of the block.
+    data = meta.model_dump_json().replace("<", "\\u003c").encode()
+    for slot in (VOCABULARY_SLOT, DISCLAIMER_SLOT):
+        if page.count(slot) != 1:
+            raise RuntimeError(f"api/web/index.html must hold {slot.decode()} exactly once")
+    return (page.replace(VOCABULARY_SLOT, data)
+                .replace(DISCLAIMER_SLOT, html.escape(meta.disclaimer).encode()))
 
 
 def _media_type(path: Path) -> str:

@@ -25,20 +25,31 @@ export function h(tag, attrs = {}, ...children) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
-// The class order used everywhere (API, database, reports).
-export const CLASSES = ["glioma", "meningioma", "notumor", "pituitary"];
+// The server's vocabulary (GET /v1/meta), embedded in the page by api/routes/web.py:
+// class names and order, job states and which are final, confidence bands, the disclaimer.
+// The page keeps no copy of any of it.
+export const VOCABULARY = readVocabulary();
 
-const CLASS_NAMES = {
-  glioma: "Glioma",
-  meningioma: "Meningioma",
-  notumor: "No tumour",
-  pituitary: "Pituitary tumour",
-};
+function readVocabulary() {
+  const block = document.getElementById("vocabulary");
+  try {
+    return JSON.parse(block ? block.textContent : "");
+  } catch {
+    throw new Error("The page was served without its vocabulary (api/routes/web.py fills it in).");
+  }
+}
+
+// The class order used everywhere (API, database, reports).
+export const CLASSES = VOCABULARY.classes.map((c) => c.label);
+
+const CLASS_NAMES = Object.fromEntries(VOCABULARY.classes.map((c) => [c.label, c.name]));
 
 export function className(label) {
   return CLASS_NAMES[label] || label || "—";
 }
 
+// How the page words each state, the server's and its own two: a file still uploading, and
+// one the service refused at the door (the server never made a scan of it).
 const STATE_NAMES = {
   uploading: "Uploading…",
   queued: "Queued",
@@ -52,14 +63,45 @@ export function stateName(state) {
   return STATE_NAMES[state] || state;
 }
 
-export const isFinal = (state) => state === "succeeded" || state === "failed" || state === "rejected";
+/** The server's job states, in their order. */
+export const STATES = VOCABULARY.states.all;
 
-/** The confidence band the clinic acts on (thresholds from the product's triage policy). */
+const FINAL = new Set([...VOCABULARY.states.final, "rejected"]);
+
+/** Will this entry change again? The server's final states, and a refused upload. */
+export const isFinal = (state) => FINAL.has(state);
+
+/** The confidence band the clinic acts on (the reports' bands: the PDF prints the same). */
 export function confidenceBand(confidence) {
   if (typeof confidence !== "number") return null;
-  if (confidence >= 0.9) return { key: "high", text: "High confidence" };
-  if (confidence >= 0.7) return { key: "review", text: "Review" };
-  return { key: "expert", text: "Expert review required" };
+  const bands = VOCABULARY.confidence_bands;
+  const band = bands.find((b) => confidence >= b.lowest) || bands[bands.length - 1];
+  return { key: band.key, text: band.name };
+}
+
+/** "High: 90% or more. Review: 70 to 90%. …", from the same bands. */
+export function confidenceBandsExplained() {
+  const bands = VOCABULARY.confidence_bands;
+  return bands.map((band, i) => {
+    const lowest = Math.round(band.lowest * 100);
+    if (i === 0) return `${band.name}: ${lowest}% or more.`;
+    const upper = Math.round(bands[i - 1].lowest * 100);
+    return i === bands.length - 1 && lowest === 0
+      ? `${band.name}: below ${upper}%.` : `${band.name}: ${lowest} to ${upper}%.`;
+  }).join(" ");
+}
+
+export const DISCLAIMER = VOCABULARY.disclaimer;
+
+/** Did the input gate refuse this scan's image (so there is no prediction to show)? */
+export function gateRefused(scan) {
+  const gate = scan.gate || {};
+  return Boolean(scan.error && VOCABULARY.gate_error_codes.includes(scan.error.code)) || gate.accepted === false;
+}
+
+/** Can a browser show this original in an <img>? */
+export function browserShows(format, url) {
+  return VOCABULARY.browser_formats.includes(format) || /\.(png|jpe?g)(\?|$)/i.test(url || "");
 }
 
 export function percent(value, digits = 1) {

@@ -1,6 +1,6 @@
 // The tenant's scan history: filters by class and status, paginated, newest first.
 
-import { $, className, confidenceBand, formatTime, h, percent, stateName } from "./dom.js";
+import { $, CLASSES, STATES, className, confidenceBand, formatTime, h, percent, stateName } from "./dom.js";
 
 const PAGE_SIZE = 15;
 
@@ -20,6 +20,10 @@ export class History {
     this.prev = $("#history-prev");
     this.next = $("#history-next");
     this.table = $("#history-table");
+    // The filters offer what the server knows: its classes and its job states.
+    this.labelSelect.append(...CLASSES.map((label) => h("option", { value: label }, className(label))));
+    this.stateSelect.append(...STATES.map((state) => h("option", { value: state },
+      stateName(state).replace(/…$/, ""))));
     const refilter = () => { this.page = 1; this.load(); };
     this.labelSelect.addEventListener("change", refilter);
     this.stateSelect.addEventListener("change", refilter);

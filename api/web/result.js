@@ -2,12 +2,10 @@
 // probability bars, model identity, the PDF report and the disclaimer.
 
 import {
-  CLASSES, announce, className, confidenceBand, formatTime, h, percent, safeStem, saveBlob, stateName,
+  CLASSES, DISCLAIMER, announce, browserShows, className, confidenceBand, confidenceBandsExplained,
+  formatTime, gateRefused, h, isFinal, percent, safeStem, saveBlob, stateName,
 } from "./dom.js";
 import { Viewer } from "./viewer.js";
-
-const DISCLAIMER = "For research use only. Not for diagnostic use. "
-  + "All results must be verified by a board-certified radiologist.";
 
 /** Render `scan` into `container`; `reload()` fetches the scan again (fresh signed links). */
 export function renderResult(container, scan, { api, reload }) {
@@ -26,7 +24,7 @@ export function renderResult(container, scan, { api, reload }) {
 function header(scan, api) {
   const pdfError = h("p", { class: "form-error", role: "alert" });
   // A failed scan has a report too: it documents why no prediction was made.
-  const ready = scan.state === "succeeded" || scan.state === "failed";
+  const ready = isFinal(scan.state);
   const pdf = h("button", {
     type: "button", class: "btn btn-primary", id: "download-pdf", disabled: !ready,
     title: ready ? "Download the PDF report" : "The report is available once the analysis has finished",
@@ -61,14 +59,9 @@ async function downloadReport(scan, api, button, errorLine) {
   }
 }
 
-function gateRejected(scan) {
-  const gate = scan.gate || {};
-  return (scan.error && scan.error.code === "not_brain_mri") || gate.accepted === false;
-}
-
 function status(scan) {
   const parts = [];
-  if (gateRejected(scan)) {
+  if (gateRefused(scan)) {
     const reason = (scan.gate && scan.gate.reason) || (scan.error && scan.error.message) || "";
     parts.push(h("div", { class: "callout callout-warning", id: "gate-warning", role: "alert" },
       h("strong", {}, "Input check: this image does not look like a brain MRI slice."),
@@ -102,7 +95,7 @@ function summary(prediction) {
         h("strong", { class: "verdict-value" }, percent(prediction.confidence))),
       band ? h("span", {
         class: `band band-${band.key}`, id: "confidence-band",
-        title: "High: 90% or more. Review: 70 to 90%. Expert review required: below 70%.",
+        title: confidenceBandsExplained(),
       }, band.text) : null),
     h("div", { class: "probs" },
       h("h3", { class: "card-title", id: "probs-title" }, "Class probabilities"),
@@ -110,12 +103,9 @@ function summary(prediction) {
         CLASSES.map((label) => bar(label, probabilities[label], label === prediction.label)))));
 }
 
-// Browsers show PNG and JPEG; a DICOM original cannot go in an <img>.
-const VIEWABLE = /\.(png|jpe?g)(\?|$)/i;
-
 function media(scan, reload) {
   const preview = scan.preview_url
-    || (scan.image_url && (scan.format !== "dicom" || VIEWABLE.test(scan.image_url)) ? scan.image_url : null);
+    || (scan.image_url && browserShows(scan.format, scan.image_url) ? scan.image_url : null);
   let retried = false;
   // Signed links expire: fetch the scan again once for fresh ones.
   const onImageError = () => { if (!retried) { retried = true; reload(); } };

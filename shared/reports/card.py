@@ -40,12 +40,17 @@ def flat_metrics(card: dict[str, Any] | None, limit: int = 16) -> list[tuple[str
     return rows
 
 
+# The confidence bands the clinic acts on (the product's triage policy), highest first:
+# (key, lowest confidence in the band, name). The web page reads them from `GET /v1/meta`.
+CONFIDENCE_BANDS: tuple[tuple[str, float, str], ...] = (
+    ("high", 0.90, "High"),
+    ("review", 0.70, "Review"),
+    ("expert", 0.0, "Expert review required"),
+)
+
+
 def confidence_band(confidence: float | None) -> str:
     """High (>= 0.90), Review (0.70-0.90), Expert review required (< 0.70)."""
     if confidence is None:
         return "Not applicable"
-    if confidence >= 0.90:
-        return "High"
-    if confidence >= 0.70:
-        return "Review"
-    return "Expert review required"
+    return next((name for _, lowest, name in CONFIDENCE_BANDS if confidence >= lowest), CONFIDENCE_BANDS[-1][2])

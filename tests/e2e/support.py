@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.support.stack import LiveStack
 
@@ -21,13 +21,17 @@ SCREENSHOT_DIR = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 SCREENSHOT_MAX_BYTES = 300 * 1024
 
 
-def band_for(confidence: float) -> str:
-    """The band the page must show: High >= 0.90, Review 0.70-0.90, below that expert review."""
-    if confidence >= 0.9:
-        return "High confidence"
-    if confidence >= 0.7:
-        return "Review"
-    return "Expert review required"
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, quiet (no background traffic to confuse request counts)."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 @contextlib.contextmanager
@@ -56,6 +60,29 @@ def sign_in(page: Page, stack: LiveStack) -> None:
 
 def upload_via_picker(page: Page, paths: list[Path]) -> None:
     page.set_input_files("#file-input", [str(p) for p in paths])
+
+
+def open_case(page: Page, stack: LiveStack, path: Path, *, timeout_ms: int) -> str:
+    """Sign in, upload one file, wait for its result and show it; returns the scan's id."""
+    page.goto(f"{stack.base_url}/app")
+    sign_in(page, stack)
+    upload_via_picker(page, [path])
+    done = page.locator(f'.scan-item[data-filename="{path.name}"][data-state="succeeded"]')
+    expect(done).to_have_count(1, timeout=timeout_ms)
+    done.locator("button").click()
+    expect(page.locator("#verdict")).to_be_visible()
+    scan_id = done.get_attribute("data-scan-id")
+    assert scan_id
+    return scan_id
+
+
+def image_loaded(page: Page, img: Locator, *, timeout_ms: int = 10_000) -> bool:
+    """Wait for an <img> to finish loading; True when it decoded (has a width)."""
+    for _ in range(timeout_ms // 100):
+        if img.evaluate("i => i.complete"):
+            break
+        page.wait_for_timeout(100)
+    return bool(img.evaluate("i => i.naturalWidth > 0"))
 
 
 def drop_files(page: Page, selector: str, paths: list[Path]) -> None:
@@ -104,7 +131,8 @@ def _worker_pids(stack: LiveStack) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"celery" in b" ".join(argv) and queue.encode() in argv:
+        # Its queues are named after QUEUE_NAME (QUEUE_NAME.interactive, ...).
+        if b"celery" in b" ".join(argv) and any(arg.startswith(queue.encode()) for arg in argv):
             pids.append(int(entry.name))
     return pids
 

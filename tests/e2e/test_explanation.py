@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from pypdf import PdfReader
 
 from shared.labels import CLASSES, DISPLAY_NAMES
-from tests.e2e.support import open_page, sign_in, upload_via_picker
+from tests.e2e.support import open_case
 from tests.support.images import brain_png
 from tests.support.stack import LiveStack
 
@@ -49,35 +48,13 @@ def stack(live_stack, notumor_model_dir: Path) -> LiveStack:
                       env={"MODEL_DIR": str(notumor_model_dir), "MODEL_NAME": NAME})
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def page(browser: Browser) -> Iterator[Page]:
-    with open_page(browser) as (page, errors):
-        yield page
-        assert errors == [], f"uncaught errors in the page: {errors}"
-
-
 def test_notumor_answer_shows_the_most_likely_tumour_map_labelled_on_page_and_pdf(
         stack: LiveStack, page: Page, tmp_path: Path) -> None:
     path = tmp_path / "normal-slice.png"
     path.write_bytes(brain_png(104, "notumor"))
-    page.goto(f"{stack.base_url}/app")
-    sign_in(page, stack)
-    upload_via_picker(page, [path])
-    done = page.locator('.scan-item[data-state="succeeded"]')
-    expect(done).to_have_count(1, timeout=120_000)
-    done.locator("button").click()
+    scan_id = open_case(page, stack, path, timeout_ms=120_000)
     expect(page.locator("#verdict-label")).to_have_text("No tumour")
 
-    scan_id = done.get_attribute("data-scan-id")
     with stack.client() as client:
         scan = client.get(f"/v1/scans/{scan_id}").raise_for_status().json()
     probs = scan["prediction"]["probabilities"]

@@ -8,19 +8,19 @@ Set NEUROSCAN_SCREENSHOTS=1 to (re)write docs/screenshots/*.png from these runs.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+from playwright.sync_api import Page, Request, Route, expect
 
-from shared.labels import CLASSES
+from shared.labels import CLASSES, DISPLAY_NAMES
+from shared.reports.card import DISCLAIMER, confidence_band
 from tests.e2e.support import (
     PAGE_SIZE,
-    band_for,
     drop_files,
-    open_page,
+    image_loaded,
+    open_case,
     save_screenshot,
     sign_in,
     upload_via_picker,
@@ -41,23 +41,6 @@ DONE_TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def stack(live_stack) -> LiveStack:
     return live_stack("embedded", port_range=PORTS, tenant=TENANT)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def page(browser: Browser) -> Iterator[Page]:
-    with open_page(browser) as (page, errors):
-        yield page
-        assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +124,7 @@ def test_the_page_reads_event_streams_by_the_sse_rules(stack: LiveStack, page: P
     }
 
 
-def test_sign_in_upload_read_result_download_report_and_switch_theme(
+def test_sign_in_refuses_a_wrong_key_then_uploads_go_live_without_a_key_in_any_url(
         stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
     key_in_urls: list[str] = []
     event_requests: list[Request] = []
@@ -181,18 +164,16 @@ def test_sign_in_upload_read_result_download_report_and_switch_theme(
     assert key_in_urls == []
     save_screenshot(page, "upload-list")
 
-    # Open the glioma case and check every part of the result against the API's record.
-    item = page.locator(f'.scan-item[data-filename="{slices["glioma"].name}"]')
-    scan_id = item.get_attribute("data-scan-id")
-    item.locator("button").click()
+
+def test_result_shows_the_apis_record(stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
+    scan_id = open_case(page, stack, slices["glioma"], timeout_ms=DONE_TIMEOUT_MS)
     with stack.client() as client:
         scan = client.get(f"/v1/scans/{scan_id}").raise_for_status().json()
     prediction = scan["prediction"]
     expect(page.locator("#result-title")).to_have_text(slices["glioma"].name)
-    expect(page.locator("#verdict-label")).to_have_text(
-        {"glioma": "Glioma", "meningioma": "Meningioma", "notumor": "No tumour",
-         "pituitary": "Pituitary tumour"}[prediction["label"]])
-    expect(page.locator("#confidence-band")).to_have_text(band_for(prediction["confidence"]))
+    expect(page.locator("#verdict-label")).to_have_text(DISPLAY_NAMES[prediction["label"]])
+    # The band the PDF and FHIR reports give, in the same words.
+    expect(page.locator("#confidence-band")).to_have_text(confidence_band(prediction["confidence"]))
     bars = page.locator("#probabilities li")
     expect(bars).to_have_count(4)
     assert [b.get_attribute("data-label") for b in bars.all()] == list(CLASSES)
@@ -203,20 +184,19 @@ def test_sign_in_upload_read_result_download_report_and_switch_theme(
     expect(model).to_contain_text(scan["model"]["name"])
     expect(model).to_contain_text(scan["model"]["version"])
     expect(model).to_contain_text(scan["model"]["sha256"][:12])
-    expect(page.locator("#result-body .disclaimer-inline")).to_have_text(
-        "For research use only. Not for diagnostic use. "
-        "All results must be verified by a board-certified radiologist.")
+    expect(page.locator("#result-body .disclaimer-inline")).to_have_text(DISCLAIMER)
+    expect(page.locator("#disclaimer")).to_have_text(DISCLAIMER)
 
     # Both images come through their signed links and really load under the CSP.
-    original = page.locator(".pane img").first
-    heat = page.locator(".layer img.heat")
-    for img in (original, heat):
+    for img in (page.locator(".pane img").first, page.locator(".layer img.heat")):
         expect(img).to_be_visible()
-        for _ in range(100):
-            if img.evaluate("i => i.complete"):
-                break
-            page.wait_for_timeout(100)
-        assert img.evaluate("i => i.naturalWidth > 0"), img.get_attribute("src")
+        assert image_loaded(page, img), img.get_attribute("src")
+
+
+def test_viewer_opacity_toggle_zoom_and_pan(stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
+    open_case(page, stack, slices["glioma"], timeout_ms=DONE_TIMEOUT_MS)
+    heat = page.locator(".layer img.heat")
+    expect(heat).to_be_visible()
 
     # Opacity slider, heatmap toggle.
     opacity = lambda: float(heat.evaluate("i => getComputedStyle(i).opacity"))  # noqa: E731
@@ -263,13 +243,19 @@ def test_sign_in_upload_read_result_download_report_and_switch_theme(
     expect(page.locator(".zoom-level")).to_have_text("100%")
     save_screenshot(page, "result-light")
 
-    # The PDF report, one click away.
+
+def test_pdf_report_is_one_click_away(stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
+    scan_id = open_case(page, stack, slices["glioma"], timeout_ms=DONE_TIMEOUT_MS)
     with page.expect_download() as download_info:
         page.click("#download-pdf")
     download = download_info.value
     assert download.suggested_filename == f"neuroscan-report-case-glioma-{scan_id[:8]}.pdf"
     assert Path(download.path()).read_bytes().startswith(b"%PDF")
 
+
+def test_theme_persists_across_a_reload_tablet_layout_and_sign_out(
+        stack: LiveStack, page: Page, slices: dict[str, Path]) -> None:
+    scan_id = open_case(page, stack, slices["glioma"], timeout_ms=DONE_TIMEOUT_MS)
     # Theme: switches, persists across a reload (the session keeps the key and the list).
     html = page.locator("html")
     expect(html).to_have_attribute("data-theme", "light")
@@ -279,10 +265,10 @@ def test_sign_in_upload_read_result_download_report_and_switch_theme(
     page.reload()
     expect(html).to_have_attribute("data-theme", "dark")
     expect(page.locator("#tenant-name")).to_have_text(TENANT)
-    expect(page.locator('.scan-item[data-state="succeeded"]')).to_have_count(3)
+    expect(page.locator('.scan-item[data-state="succeeded"]')).to_have_count(1)
     page.locator(f'.scan-item[data-scan-id="{scan_id}"] button').click()
     expect(page.locator("#verdict")).to_be_visible()
-    expect(heat).to_be_visible()
+    expect(page.locator(".layer img.heat")).to_be_visible()
     save_screenshot(page, "result-dark")
 
     # Tablet width: one column, nothing wider than the screen.
@@ -487,11 +473,7 @@ def test_images_from_cloud_storage_load_under_the_policy(
     expect(images).to_have_count(3)  # the original, and the original under the heatmap
     for img in images.all():
         assert (img.get_attribute("src") or "").startswith(cloud_stack.standin.url)
-        for _ in range(100):
-            if img.evaluate("i => i.complete"):
-                break
-            page.wait_for_timeout(100)
-        assert img.evaluate("i => i.naturalWidth > 0"), img.get_attribute("src")
+        assert image_loaded(page, img), img.get_attribute("src")
 
 
 # --- an API restart under the page, on a stack of its own ---------------------------------
@@ -572,9 +554,6 @@ def test_a_dicom_scan_is_shown_through_its_png_rendition(
     original = page.locator(".pane img").first
     expect(original).to_have_attribute("alt", "Original MRI slice")
     expect(page.locator(".layer img.heat")).to_be_visible()
-    for _ in range(100):
-        if original.evaluate("i => i.complete"):
-            break
-        page.wait_for_timeout(100)
+    assert image_loaded(page, original)
     assert original.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [256, 256]
     assert "-preview" in (original.get_attribute("src") or "")

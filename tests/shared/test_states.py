@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.states import JobState, can_transition
+from shared.states import FINAL_STATES, UNFINISHED_STATES, JobState, can_transition
 
 Q, P, S, F = JobState.QUEUED, JobState.PROCESSING, JobState.SUCCEEDED, JobState.FAILED
 
@@ -16,6 +16,8 @@ def test_the_four_states_and_their_wire_names() -> None:
 
 def test_only_succeeded_and_failed_are_final() -> None:
     assert [s for s in JobState if s.is_final] == [S, F]
+    assert {"succeeded", "failed"} == FINAL_STATES and UNFINISHED_STATES == ("queued", "processing")
+    assert "failed" in FINAL_STATES and "processing" not in FINAL_STATES  # plain stored strings too
 
 
 @pytest.mark.parametrize(("current", "new"), [(Q, P), (Q, F), (P, P), (P, S), (P, F), (P, Q)])

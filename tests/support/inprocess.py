@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 
@@ -33,3 +35,27 @@ def settings_env(**env: str) -> Iterator[None]:
         finally:
             reset_caches()
     reset_caches()
+
+
+@contextlib.contextmanager
+def embedded_settings(root: Path, **extra: str) -> Iterator[None]:
+    """Settings of a fresh embedded deployment under `root` (SQLite data and broker, local
+    disk), migrated; `extra` adds or overrides settings."""
+    from shared.db.migrate import upgrade_to_head
+
+    env = {"database_url": f"sqlite+aiosqlite:///{root / 'db.sqlite'}",
+           "broker_url": f"sqla+sqlite:///{root / 'broker.db'}", "media_dir": str(root / "media"),
+           "secret_key": "in-process-test-secret", **extra}
+    with settings_env(**env):
+        upgrade_to_head()
+        yield
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(**headers: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app of the current settings, in this process (httpx's ASGI transport)."""
+    from api.main import create_app
+
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers) as c:
+        yield c

@@ -245,8 +245,8 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
             stack._cleanup.append(lambda: drop_pg_database(db_url))
             stack_env["DATABASE_URL"] = database_url_via(db_url) if database_url_via else db_url
             stack_env["BROKER_URL"] = redis_url or f"{REDIS_BASE_URL}/1"
-            stack._cleanup.append(lambda: _delete_queue(stack_env["BROKER_URL"],
-                                                        stack_env["QUEUE_NAME"]))
+            stack._cleanup.append(lambda: _delete_queues(stack_env["BROKER_URL"],
+                                                         _queues(stack_env["QUEUE_NAME"])))
             standin = CloudinaryStandIn().start()
             stack._cleanup.append(standin.stop)
             stack.standin = standin
@@ -269,7 +269,8 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
              "--timeout-graceful-shutdown", "5"], root / "api.log", stack_env, root))
         stack._procs.append(_spawn(
             [sys.executable, "-m", "celery", "-A", worker_app, _WORKER_MARK,
-             "--pool", "solo", "--events", "--queues", stack_env["QUEUE_NAME"],
+             # One worker for all three queues (interactive first), as a small deployment.
+             "--pool", "solo", "--events", "--queues", ",".join(_queues(stack_env["QUEUE_NAME"])),
              "--hostname", f"{stack_env['QUEUE_NAME']}@%h", "--loglevel", "INFO",
              "--without-mingle", "--without-gossip"], root / "worker.log", stack_env, root))
         _wait_ready(stack)
@@ -282,13 +283,23 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
     return stack
 
 
-def _delete_queue(broker_url: str, queue: str) -> None:
+def _queues(queue_name: str) -> list[str]:
+    """The stack's interactive, bulk and webhooks queues (named after its QUEUE_NAME)."""
+    from shared.queue import KINDS, worker_queues
+    from shared.settings import Settings
+
+    return worker_queues(Settings(queue_name=queue_name, queue_interactive="", queue_bulk="",
+                                  queue_webhooks=""), KINDS)
+
+
+def _delete_queues(broker_url: str, queues: list[str]) -> None:
     import redis
 
     client = redis.Redis.from_url(broker_url)
-    # The queue, its priority lists and kombu's binding records for it.
-    client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
-                  *client.keys(f"{queue}\x06*"))
+    for queue in queues:
+        # The queue, its priority lists and kombu's binding records for it.
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
+                      *client.keys(f"{queue}\x06*"))
     client.close()
 
 
