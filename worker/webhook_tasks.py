@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.audit import shares_filenames
 from shared.db.hospital_models import WebhookDelivery
 from shared.db.models import Batch, ScanResult, utcnow
 from shared.db.session import sync_session
@@ -77,32 +78,34 @@ class _Claim:
     attempt: int
 
 
-def _signer(settings: Settings) -> Any:
+def _signer(settings: Settings, tenant_id: str) -> Any:
     storage = get_storage(settings)
     base = (settings.public_base_url or f"http://{settings.host}:{settings.port}").rstrip("/")
 
-    def sign(ref: str) -> str:
-        url = storage.url(ref, settings.signed_url_ttl_s)
+    def sign(ref: str) -> str:  # bound to the tenant; made by the service, so no key id
+        url = storage.url(ref, settings.signed_url_ttl_s, tenant_id=tenant_id)
         return base + url if url.startswith("/") else url
 
     return sign
 
 
-def _body(target_id: str, kind: str, settings: Settings) -> dict[str, Any]:
-    """The scan or batch as the API would show it."""
-    sign = _signer(settings)
+def _body(target_id: str, kind: str, settings: Settings) -> tuple[dict[str, Any], bool]:
+    """The scan or batch as the API would show it, and whether its tenant lets client file
+    names into webhooks (`neuroscan privacy`)."""
     with sync_session() as session:
         if kind == "scan":
             scan = session.get(ScanResult, target_id)
             if scan is None:
                 raise LookupError(f"no scan {target_id}")
-            return scan_out(scan, sign).model_dump(mode="json")
+            return (scan_out(scan, _signer(settings, scan.tenant_id)).model_dump(mode="json"),
+                    shares_filenames(session, scan.tenant_id))
         batch = session.get(Batch, target_id)
         if batch is None:
             raise LookupError(f"no batch {target_id}")
         scans = list(session.scalars(select(ScanResult).where(ScanResult.batch_id == batch.id)
                                      .order_by(ScanResult.created_at, ScanResult.id)))
-        return batch_out(batch, scans, sign).model_dump(mode="json")
+        return (batch_out(batch, scans, _signer(settings, batch.tenant_id)).model_dump(mode="json"),
+                shares_filenames(session, batch.tenant_id))
 
 
 def _column(kind: str) -> Any:
@@ -191,11 +194,11 @@ def _send(claim: _Claim, target_id: str, kind: str, s: Settings) -> int | None:
     status_code: int | None = None
     error: str | None = None
     try:
-        body = _body(target_id, kind, s)
+        body, with_names = _body(target_id, kind, s)
         # Checked again at delivery: DNS may now point somewhere we must not call.
         checked = check_callback_url(claim.url, s)
         assert checked is not None
-        payload = build_payload(kind, body)
+        payload = build_payload(kind, body, include_filenames=with_names)
         headers = signed_headers(payload, kind, s, delivery_id=delivery_id(kind, target_id),
                                  tenant_id=claim.tenant_id)
         status_code = post(checked, payload, headers, s.webhook_timeout_s)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -18,6 +21,7 @@ from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.schemas import batch_out, scan_out
 from shared.webhooks import build_payload
+from tests.hospital.webhook_receiver import Receiver
 from tests.support.images import brain_png
 from tests.support.inprocess import settings_env
 
@@ -120,3 +124,50 @@ def test_webhook_payloads_carry_no_file_names_by_default(env: dict[str, str]) ->
         scan_doc = doc["scan"] if kind == "scan" else doc["batch"]["scans"][0]
         assert scan_doc["id"] == env["scan"] and scan_doc["prediction"]["label"] == "glioma"
         assert NAME.encode() in build_payload(kind, body, include_filenames=True)
+
+
+# --- through delivery: the worker's function, on PostgreSQL, to a live receiver ---------------
+
+@pytest.fixture()
+def pg_scan(tmp_path: Path) -> Iterator[tuple[str, str, Receiver]]:
+    from tests.support.stack import create_pg_database, drop_pg_database
+
+    url = create_pg_database("nsnames")
+    receiver = Receiver().start()
+    try:
+        with settings_env(database_url=url, media_dir=str(tmp_path / "media"),
+                          secret_key="names-test-secret", webhook_secret="receiver-secret"):
+            upgrade_to_head()
+            with sync_session() as session:
+                tenant = issue_key(session, TENANT).tenant
+                scan = ScanResult(tenant_id=tenant.id, state="succeeded", filename=NAME,
+                                  format="png", size_bytes=10, sha256="0" * 64, label="glioma",
+                                  confidence=0.9, probabilities=PROBS, finished_at=utcnow(),
+                                  callback_url=receiver.url,
+                                  heatmap_ref=f"local:results/{uuid.uuid4()}-heatmap.png")
+                session.add(scan)
+                session.flush()
+                ids = (tenant.id, scan.id)
+            yield (*ids, receiver)
+    finally:
+        receiver.stop()
+        drop_pg_database(url)
+
+
+def test_delivered_webhooks_follow_the_tenants_choice(pg_scan: tuple[str, str, Receiver]) -> None:
+    from shared.storage import signing
+    from worker.webhook_tasks import deliver
+
+    tenant_id, scan_id, receiver = pg_scan
+    assert deliver(scan_id, "scan", attempt=1) == 200
+    _privacy("--share-filenames")
+    assert deliver(scan_id, "scan", attempt=2) == 200
+    first, second = (json.loads(r.body)["scan"] for r in receiver.received)
+    assert "filename" not in first and b"Doe_John" not in receiver.received[0].body
+    assert second["filename"] == NAME
+    # The payload's image links are bound to the scan's tenant (no key: the service made them).
+    link = urlsplit(first["heatmap_url"])
+    query = {k: v[0] for k, v in parse_qs(link.query, keep_blank_values=True).items()}
+    assert (query["t"], query["k"]) == (tenant_id, "")
+    assert signing.verify(link.path.removeprefix("/media/"), int(query["expires"]), query["sig"],
+                          "names-test-secret", tenant_id=tenant_id) is None
