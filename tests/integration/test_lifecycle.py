@@ -196,8 +196,8 @@ def test_delete_scan_leaves_nothing(stack: LiveStack, client: httpx.Client,
     assert _objects_of(stack, kept) and _rows(stack, kept)["scan_results"] == 1
 
     with sync_session(settings.sync_database_url) as session:
-        audit = session.scalars(select(AuditEvent).where(
-            AuditEvent.target == f"scan:{doomed}")).all()
+        audit = session.scalars(select(AuditEvent).where(  # reads are audited too
+            AuditEvent.target == f"scan:{doomed}", AuditEvent.action == "delete")).all()
         assert [(a.action, a.request_id) for a in audit] == [("delete", "req-delete-1")]
         assert audit[0].key_id is not None and audit[0].tenant_id is not None
 
