@@ -94,6 +94,37 @@ def dicom_bytes(**changes: object) -> bytes:
     return to_bytes(ds)
 
 
+def dicom_raw(keyword: str, vr: str, value: bytes) -> bytes:
+    """An MR slice with one attribute's bytes written as they are (values pydicom itself
+    would refuse to encode: a malformed header from some other writer)."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = mr_dataset()
+    tag = Tag(tag_for_keyword(keyword))
+    value += b" " * (len(value) % 2)
+    ds._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    return to_bytes(ds)
+
+
+def deflated_dicom_bomb(inflated: int = 300 << 20) -> bytes:
+    """A Deflated Explicit VR file whose dataset inflates to `inflated` bytes of zeros (over
+    8x MAX_UPLOAD_BYTES), a few hundred KB on the wire; built a megabyte at a time."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = mr_dataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = to_bytes(ds)
+    start = 144 + int.from_bytes(data[140:144], "little")  # after the file meta group
+    comp = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = [comp.compress(struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0"
+                          + struct.pack("<I", inflated))]
+    zeros = b"\0" * (1 << 20)
+    body += [comp.compress(zeros) for _ in range(inflated >> 20)]
+    return data[:start] + b"".join(body) + comp.flush()
+
+
 def _symlink_zip() -> bytes:
     info = zipfile.ZipInfo("link.png")
     info.external_attr = (0o120777) << 16
@@ -152,6 +183,22 @@ REFUSED: dict[str, bytes] = {
                                                                        0, 0, 0, 0)),
     "bad-bit-depth.png": GOOD[:8] + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 256, 256, 7, 0,
                                                                     0, 0, 0)) + GOOD[33:],
+    # Malformed DICOM values and absurd dimensions, judged from the header before pixel_array.
+    "dicom-frames-not-a-number.dcm": dicom_raw("NumberOfFrames", "IS", b"abc"),
+    "dicom-frames-negative.dcm": dicom_raw("NumberOfFrames", "IS", b"-5"),
+    "dicom-frames-absurd.dcm": dicom_raw("NumberOfFrames", "IS", b"99999999"),
+    "dicom-frames-not-present.dcm": dicom_raw("NumberOfFrames", "IS", b"400"),
+    "dicom-rows-zero.dcm": dicom_raw("Rows", "US", b"\0\0"),
+    "dicom-rows-two-values.dcm": dicom_raw("Rows", "US", b"\x01\0\x02\0"),
+    "dicom-bits-13.dcm": dicom_raw("BitsAllocated", "US", b"\x0d\0"),
+    "dicom-samples-7.dcm": dicom_raw("SamplesPerPixel", "US", b"\x07\0"),
+    "dicom-photometric-nonsense.dcm": dicom_raw("PhotometricInterpretation", "CS", b"RAINBOW"),
+    "dicom-modality-binary.dcm": dicom_raw("Modality", "CS", b"\xff\xfe"),
+    "dicom-deflate-bomb.dcm": deflated_dicom_bomb(),
+    "dicom-over-pixel-budget.dcm": dicom_bytes(Rows=8192, Columns=8192),
+    # A ZIP inside a ZIP inside a ZIP, and one whose only member has a control-character name.
+    "zip-nested-deep.zip": zipped(("a.zip", zipped(("b.zip", zipped(("c.png", GOOD)))))),
+    "zip-control-name.zip": zipped(("evil\r\n\x1b[31m.png", b"not an image")),
 }
 
 # Odd but legitimate, or up to the worker's input gate: any 2xx/4xx, never a 5xx.
@@ -173,6 +220,12 @@ EITHER: dict[str, bytes] = {
     "x" * 900 + ".png": GOOD,
     # IHDR says 6000x6000 (under the budget), 10 rows follow, no IEND: up to the decoder.
     "lying-header-6000.png": png_bomb(6000, 6000, rows=10)[:-12],
+    # Unreadable window and rescale values are ignored, as a viewer would.
+    "dicom-window-not-a-number.dcm": dicom_raw("WindowCenter", "DS", b"abc"),
+    "dicom-slope-infinite.dcm": dicom_raw("RescaleSlope", "DS", b"inf"),
+    "rgba.png": _pil("RGBA", "PNG"),
+    "progressive.jpg": _pil("L", "JPEG", progressive=True),
+    "cmyk-adobe.jpg": _pil("CMYK", "JPEG", quality=50),
 }
 
 
