@@ -66,6 +66,7 @@ OBJECT_SYSTEM = "urn:neuroscan:object"
 _EVENT_TYPES = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _REST = "http://hl7.org/fhir/restful-interaction"
+_SECURITY = {"system": _DCM, "code": "110137", "display": "User Security Attributes Changed"}
 # action -> (AuditEvent.action code, type, subtype or None)
 _FHIR_ACTIONS: dict[str, tuple[str, dict[str, str], dict[str, str] | None]] = {
     READ: ("R", {"system": _EVENT_TYPES, "code": "rest", "display": "RESTful Operation"},
@@ -77,7 +78,17 @@ _FHIR_ACTIONS: dict[str, tuple[str, dict[str, str], dict[str, str] | None]] = {
     "purge": ("D", {"system": _DCM, "code": "110110", "display": "Patient Record"}, None),
     "retention": ("U", {"system": _DCM, "code": "110100", "display": "Application Activity"},
                   None),
+    "privacy": ("U", {"system": _DCM, "code": "110100", "display": "Application Activity"}, None),
+    "export": ("R", {"system": _DCM, "code": "110106", "display": "Export"}, None),
+    "import": ("C", {"system": _DCM, "code": "110107", "display": "Import"}, None),
+    "key_create": ("C", _SECURITY, None),
+    "key_revoke": ("D", _SECURITY, None),
+    "key_rotate": ("U", _SECURITY, None),
+    "webhook_secret_rotate": ("U", _SECURITY, None),
 }
+# Done by an operator on the command line: the row's key id names the object, not the actor.
+_OPERATOR_ACTIONS = {"retention", "privacy", "import", "key_create", "key_revoke", "key_rotate",
+                     "webhook_secret_rotate"}
 _FALLBACK_ACTION = ("E", {"system": _DCM, "code": "110100", "display": "Application Activity"},
                     None)
 # target prefix -> the FHIR resource type a reader would look the object up as
@@ -216,9 +227,12 @@ def fhir_audit_event(event: AuditEvent, tenant: Tenant,
     code, kind, subtype = _FHIR_ACTIONS.get(event.action, _FALLBACK_ACTION)
     tenant_ref = {"identifier": {"system": TENANT_SYSTEM, "value": tenant.id},
                   "display": tenant.name}
-    if event.key_id:
+    if event.action in _OPERATOR_ACTIONS:
+        agent: dict[str, Any] = {"who": {"display": "NeuroScan operator (command line)"},
+                                 "requestor": True}
+    elif event.key_id:
         name, prefix = keys.get(event.key_id, ("(removed key)", ""))
-        agent: dict[str, Any] = {
+        agent = {
             "who": {"identifier": {"system": KEY_SYSTEM, "value": event.key_id,
                                    "assigner": tenant_ref}, "display": name},
             "requestor": True}

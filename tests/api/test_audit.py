@@ -204,6 +204,12 @@ def test_cli_export_writes_a_valid_fhir_bundle(env: dict[str, Any], tmp_path: Pa
     assert len(bundle.entry) == len(_rows(env["alpha"]))
     purge = doc["entry"][-1]["resource"]
     assert purge["action"] == "D" and purge["agent"][0]["requestor"] is False
+    # The key's creation (an operator's act on the command line) names the key as the object.
+    created = [e["resource"] for e in doc["entry"]
+               if e["resource"]["entity"][0]["what"]["identifier"]["value"]
+               == f"key:{env['alpha_key']}"]
+    assert created and created[0]["action"] == "C"
+    assert "operator" in created[0]["agent"][0]["who"]["display"]
     later = CliRunner().invoke(app, ["audit", "export", "--tenant", "alpha",
                                      "--since", "2999-01-01"])
     assert later.exit_code == 0 and json.loads(later.stdout).get("entry") is None
