@@ -300,3 +300,20 @@ async def _drive(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[byte
              "server": ("testserver", 80), "client": ("127.0.0.1", 1234), "root_path": ""}
     await app(scope, receive, send)
     return status, pulled
+
+
+async def test_an_unreachable_redis_opens_the_door_instead_of_closing_it() -> None:
+    """Counters in a Redis that is not there (a port nobody listens on): requests go through,
+    quickly, and the limiter stops asking for a while instead of waiting on every request."""
+    from api.ratelimit import KeyLimiter
+    from shared.settings import Settings
+
+    limiter = KeyLimiter(Settings(environment="test", secret_key=SECRET,
+                                  rate_limit_storage_url=f"redis://127.0.0.1:{_free_port()}/0",
+                                  rate_limit_uploads_per_min=1, sse_streams_per_key=1))
+    assert limiter.backend == "redis"
+    started = time.monotonic()
+    assert [await limiter.hit("key-1", "POST") for _ in range(3)] == [None] * 3
+    async with limiter.stream_slot("key-1") as first, limiter.stream_slot("key-1") as second:
+        assert first is None and second is None
+    assert time.monotonic() - started < 3.0

@@ -88,3 +88,15 @@ def test_a_fresh_embedded_start_needs_no_secret(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     secret = (tmp_path / "var" / "secret_key").read_text().strip()
     assert secret_key_problem(secret) is None
+
+
+def test_trusted_proxies_read_as_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.service import proxy_options
+
+    assert Settings(environment="test").trusted_proxies == []
+    assert proxy_options([]) == {"proxy_headers": False, "forwarded_allow_ips": None}
+    for text in ("10.0.0.5, 172.18.0.0/16", '["10.0.0.5", "172.18.0.0/16"]'):
+        monkeypatch.setenv("TRUSTED_PROXIES", text)
+        trusted = Settings(environment="test").trusted_proxies
+        assert trusted == ["10.0.0.5", "172.18.0.0/16"]
+        assert proxy_options(trusted) == {"proxy_headers": True, "forwarded_allow_ips": trusted}
