@@ -1,10 +1,11 @@
 """`neuroscan submit`: send files or folders to a running NeuroScan service as batches.
 
 Walks folders, keeps what is PNG, JPEG, DICOM or ZIP by magic bytes, uploads in chunks with
-retries (connection errors and 5xx, exponential backoff), shows a progress bar (accepted,
-done, failed), and with `--wait` follows the batches until every scan is final. `--out DIR`
-writes `<scan_id>.json`, `<scan_id>.fhir.json`, the heatmap and overlay PNGs and the PDF.
-Exits 1 with a summary table when any file was rejected or any scan failed.
+retries (connection errors and 5xx, exponential backoff; each chunk carries its own
+Idempotency-Key, the same on every retry of it, so a retry never stores a chunk twice), shows a
+progress bar (accepted, done, failed), and with `--wait` follows the batches until every scan is
+final. `--out DIR` writes `<scan_id>.json`, `<scan_id>.fhir.json`, the heatmap and overlay
+PNGs and the PDF. Exits 1 with a summary table when any file was rejected or any scan failed.
 """
 
 from __future__ import annotations

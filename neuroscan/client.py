@@ -12,7 +12,10 @@
 
 Every error the API answers becomes a `NeuroScanError` with its `code` (the API's
 `error.code`), `message` and HTTP `status`. Connection errors and 5xx are retried with
-exponential backoff. `AsyncClient` offers the same calls with `await`. Depends on httpx only.
+exponential backoff. Every submission carries an `Idempotency-Key` (a new UUID per submission,
+the same on each retry of it), so a retry after a lost answer never makes a second scan; pass
+`idempotency_key=` to choose it (to resume after a crash, say). `AsyncClient` offers the same
+calls with `await`. Depends on httpx only.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = ["AsyncClient", "Batch", "Client", "NeuroScanError", "Scan", "Series",
            "collect_files", "verify_webhook"]
 
 FINAL = ("succeeded", "failed")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"PK\x03\x04")
 
 
@@ -166,6 +170,12 @@ def verify_webhook(secret: str | bytes, headers: Any, body: bytes, tolerance_s: 
     return hmac.compare_digest("sha256=" + mac, sig)
 
 
+def _idempotency(key: str | None) -> dict[str, str]:
+    """The submission's header: one key, made here once, sent on every retry of the request
+    (`Client._request` repeats the same headers), so the service stores it once."""
+    return {IDEMPOTENCY_HEADER: key or str(uuid.uuid4())}
+
+
 def _raise_for(response: httpx.Response) -> httpx.Response:
     if response.status_code < 400:
         return response
@@ -248,21 +258,24 @@ class Client:
 
     # --- submitting ------------------------------------------------------------------
     def submit_scan(self, file: Path | str | bytes, *, filename: str | None = None,
-                    callback_url: str | None = None) -> Scan:
-        """One file -> the queued scan."""
+                    callback_url: str | None = None,
+                    idempotency_key: str | None = None) -> Scan:
+        """One file -> the queued scan (the interactive queue: ahead of batches)."""
         data = file if isinstance(file, bytes) else Path(file).read_bytes()
         name = filename or (Path(file).name if not isinstance(file, bytes) else "upload")
         form = {"callback_url": callback_url} if callback_url else None
-        body = self._json("POST", "/v1/scans", files={"file": (name, data)}, data=form)
+        body = self._json("POST", "/v1/scans", files={"file": (name, data)}, data=form,
+                          headers=_idempotency(idempotency_key))
         return Scan.from_json({**body, "state": body.get("state", "queued")})
 
-    def submit_batch(self, files: Sequence[Path | str], *,
-                     callback_url: str | None = None) -> Batch:
+    def submit_batch(self, files: Sequence[Path | str], *, callback_url: str | None = None,
+                     idempotency_key: str | None = None) -> Batch:
         """One batch of files (PNG, JPEG, DICOM, ZIP). A 422 whose files were all refused
         raises NeuroScanError with `body["rejected"]` per file."""
         parts = [("files", (Path(p).name, Path(p).read_bytes())) for p in files]
         form = {"callback_url": callback_url} if callback_url else None
-        return Batch.from_json(self._json("POST", "/v1/batches", files=parts, data=form))
+        return Batch.from_json(self._json("POST", "/v1/batches", files=parts, data=form,
+                                          headers=_idempotency(idempotency_key)))
 
     def submit(self, paths: Iterable[Path | str], *, chunk_size: int = 50,
                callback_url: str | None = None) -> list[Batch]:
@@ -374,15 +387,19 @@ class AsyncClient:
     async def _json(self, method: str, url: str, **kwargs: Any) -> Any:
         return _raise_for(await self._http.request(method, url, **kwargs)).json()
 
-    async def submit_scan(self, file: Path | str | bytes, *, filename: str | None = None) -> Scan:
+    async def submit_scan(self, file: Path | str | bytes, *, filename: str | None = None,
+                          idempotency_key: str | None = None) -> Scan:
         data = file if isinstance(file, bytes) else Path(file).read_bytes()
         name = filename or (Path(file).name if not isinstance(file, bytes) else "upload")
-        body = await self._json("POST", "/v1/scans", files={"file": (name, data)})
+        body = await self._json("POST", "/v1/scans", files={"file": (name, data)},
+                                headers=_idempotency(idempotency_key))
         return Scan.from_json({**body, "state": body.get("state", "queued")})
 
-    async def submit_batch(self, files: Sequence[Path | str]) -> Batch:
+    async def submit_batch(self, files: Sequence[Path | str], *,
+                           idempotency_key: str | None = None) -> Batch:
         parts = [("files", (Path(p).name, Path(p).read_bytes())) for p in files]
-        return Batch.from_json(await self._json("POST", "/v1/batches", files=parts))
+        return Batch.from_json(await self._json("POST", "/v1/batches", files=parts,
+                                                headers=_idempotency(idempotency_key)))
 
     async def submit_dicomweb(self, items: Sequence[Path | bytes]) -> StowResult:
         body, ctype = _stow_body(items)

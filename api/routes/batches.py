@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, UploadFile, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from api import intake
+from api import idempotency, intake
 from api.audit import AuditTrailDep
 from api.deps import BatchDep, CurrentTenant, SessionDep, SettingsDep, UrlSigner
 from api.errors import error_response
@@ -25,6 +27,7 @@ from shared.schemas import (
     batch_links,
     batch_out,
 )
+from shared.settings import Settings
 from shared.states import JobState
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -39,19 +42,29 @@ async def create_batch(
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="PNG, JPEG or DICOM files")],
     callback_url: Annotated[str | None, Form(description="Webhook when the batch is done")] = None,
+    idempotency_key: Annotated[str | None, Header(alias=idempotency.HEADER,
+                                                  description=idempotency.DOC)] = None,
 ) -> BatchAccepted | JSONResponse:
-    """Accept the good files and report the bad ones per file. Files are judged one at a time
-    from the request's spooled temporary files, with no database connection held; the good
-    ones are then written in one short transaction, so hundreds fit in one request."""
+    """Accept the good files and report the bad ones per file; the scans go to the bulk
+    queue (single scans overtake them). Files are judged one at a time from the request's
+    spooled temporary files, with no database connection held; the good ones are then
+    written in one short transaction, so hundreds fit in one request."""
     if len(files) > settings.max_batch_files:
         raise InputError(f"{len(files)} files; a batch takes at most {settings.max_batch_files}.",
                          code="too_many_files", http_status=413)
+    key = idempotency.check_key(idempotency_key)
+    print_ = None
+    if key:  # a retry is answered before anything is judged again
+        print_ = await _fingerprint(files, callback_url, settings)
+        if answer := await idempotency.replay(tenant.id, key, "batches", print_):
+            return answer
     # The SSRF check resolves the host name: a blocking call, kept off the event loop.
     callback = await run_in_threadpool(intake.check_callback_url, callback_url)
     rejected: list[RejectedFile] = []
     with intake.Staging() as staged:
         for upload in files:
             try:
+                await upload.seek(0)
                 data = await intake.read_limited(upload, settings.max_upload_bytes)
                 members = await run_in_threadpool(  # a ZIP counts as its files
                     intake.batch_members, data, upload.filename, settings)
@@ -80,19 +93,45 @@ async def create_batch(
                 422, "no_acceptable_files", f"None of the {len(files)} files could be accepted.",
                 rejected=[r.model_dump() for r in rejected])
         scan_ids: list[str] = []
-        async with async_write_session() as session:
-            batch = intake.new_batch(session, tenant.id, callback)
-            batch.total = len(staged)
-            for accepted in staged:
-                scan = intake.add_scan(session, tenant.id, accepted, batch_id=batch.id,
-                                       callback_url=None)
-                scan_ids.append(scan.id)
-                # Write this file now and let go of its bytes.
-                await session.flush()
-                session.expunge_all()
-    await intake.enqueue(scan_ids, settings)
-    return BatchAccepted(id=batch.id, status=JobState.QUEUED.value, scan_ids=scan_ids,
-                         rejected=rejected, links=batch_links(batch.id))
+        try:
+            async with async_write_session() as session:
+                batch = intake.new_batch(session, tenant.id, callback)
+                batch.total = len(staged)
+                for accepted in staged:
+                    scan = intake.add_scan(session, tenant.id, accepted, batch_id=batch.id,
+                                           callback_url=None)
+                    scan_ids.append(scan.id)
+                    # Write this file now and let go of its bytes.
+                    await session.flush()
+                    session.expunge_all()
+                body = BatchAccepted(id=batch.id, status=JobState.QUEUED.value,
+                                     scan_ids=scan_ids, rejected=rejected,
+                                     links=batch_links(batch.id))
+                if key and print_:
+                    await idempotency.remember(session, tenant.id, key, "batches", print_,
+                                               status.HTTP_202_ACCEPTED, body, settings)
+        except IntegrityError:
+            # A concurrent request with this key committed first: its batch is the one.
+            if key and print_ and (answer := await idempotency.replay(tenant.id, key,
+                                                                      "batches", print_)):
+                return answer
+            raise
+    await intake.enqueue(scan_ids, settings, bulk=True)
+    return body
+
+
+async def _fingerprint(files: list[UploadFile], callback_url: str | None,
+                       settings: Settings) -> str:
+    """What this batch asks for (api/idempotency.py), each file read once within the limit;
+    an oversized file counts by its name alone (it will be refused, not stored)."""
+    parts: list[tuple[str | None, bytes | str]] = []
+    for upload in files:
+        try:
+            data = await intake.read_limited(upload, settings.max_upload_bytes)
+            parts.append((upload.filename, hashlib.sha256(data).hexdigest()))
+        except InputError:
+            parts.append((upload.filename, "too-large"))
+    return idempotency.fingerprint("batches", parts, callback_url=callback_url)
 
 
 @router.get("/{batch_id}", response_model=BatchOut, summary="One batch",

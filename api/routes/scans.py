@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from api import intake
+from api import idempotency, intake
 from api.audit import AuditTrailDep
 from api.deps import CurrentTenant, ScanDep, SessionDep, SettingsDep, UrlSigner
 from shared.db.models import ScanResult
@@ -27,9 +29,9 @@ _UPLOAD_ERRORS = {
     status.HTTP_422_UNPROCESSABLE_CONTENT: {"model": ErrorResponse,
                                             "description": "Undecodable or bad dimensions"},
     status.HTTP_401_UNAUTHORIZED: {"model": ErrorResponse, "description": "No or bad API key"},
+    status.HTTP_400_BAD_REQUEST: {"model": ErrorResponse, "description": "Malformed Idempotency-Key"},
 }
 
-    status.HTTP_400_BAD_REQUEST: {"model": ErrorResponse, "description": "Malformed Idempotency-Key"},
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=ScanAccepted,
              responses=_UPLOAD_ERRORS, summary="Submit one scan")
@@ -39,19 +41,38 @@ async def create_scan(
     file: Annotated[UploadFile, File(description="A PNG, JPEG or DICOM brain MRI slice")],
     callback_url: Annotated[str | None, Form(description="Webhook for the result")] = None,
     frame: Annotated[int | None, Form(ge=0, description="Frame of a multi-frame DICOM")] = None,
-) -> ScanAccepted:
-    """Check and store the image, queue it for analysis; poll `links.self` or follow
-    `links.events` for the result. The body's size and the key were checked before it was
-    read (`api.guard`); the one connection this takes is the write's, after the checks."""
+    idempotency_key: Annotated[str | None, Header(alias=idempotency.HEADER,
+                                                  description=idempotency.DOC)] = None,
+) -> ScanAccepted | JSONResponse:
+    """Check and store the image, queue it for analysis (the interactive queue: ahead of
+    batches); poll `links.self` or follow `links.events` for the result. The body's size and
+    the key were checked before it was read (`api.guard`); the one connection this takes is
+    the write's, after the checks."""
+    key = idempotency.check_key(idempotency_key)
+    data = await intake.read_limited(file, settings.max_upload_bytes)
+    print_ = idempotency.fingerprint("scans", [(file.filename, data)],
+                                     callback_url=callback_url, frame=frame)
+    if key and (answer := await idempotency.replay(tenant.id, key, "scans", print_)):
+        return answer
     # The SSRF check resolves the host name: a blocking call, kept off the event loop.
     callback = await run_in_threadpool(intake.check_callback_url, callback_url)
-    data = await intake.read_limited(file, settings.max_upload_bytes)
     accepted = await run_in_threadpool(intake.accept_upload, data, filename=file.filename,
                                        frame=frame, tenant_id=tenant.id, settings=settings)
-    async with async_write_session() as session:
-        scan = intake.add_scan(session, tenant.id, accepted, callback_url=callback)
-    await intake.enqueue([scan.id], settings)
-    return ScanAccepted(id=scan.id, status=JobState.QUEUED.value, links=scan_links(scan.id))
+    try:
+        async with async_write_session() as session:
+            scan = intake.add_scan(session, tenant.id, accepted, callback_url=callback)
+            body = ScanAccepted(id=scan.id, status=JobState.QUEUED.value,
+                                links=scan_links(scan.id))
+            if key:
+                await idempotency.remember(session, tenant.id, key, "scans", print_,
+                                           status.HTTP_202_ACCEPTED, body, settings)
+    except IntegrityError:
+        # A concurrent request with this key committed first: its scan is the one.
+        if key and (answer := await idempotency.replay(tenant.id, key, "scans", print_)):
+            return answer
+        raise
+    await intake.enqueue([scan.id], settings, bulk=False)
+    return body
 
 
 @router.get("/{scan_id}", response_model=ScanOut, summary="One scan",
