@@ -135,6 +135,7 @@ class UserOut(BaseModel):
     name: str
     api_key_prefix: str
     created_at: datetime
+    expires_at: datetime | None = None  # the key's; None: it does not expire
 
 
 class MeOut(BaseModel):

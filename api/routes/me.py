@@ -16,4 +16,4 @@ async def read_me(principal: CurrentPrincipal) -> MeOut:
     t, u = principal.tenant, principal.user
     return MeOut(tenant=TenantOut(id=t.id, name=t.name),
                  user=UserOut(id=u.id, name=u.name, api_key_prefix=u.api_key_prefix,
-                              created_at=u.created_at))
+                              created_at=u.created_at, expires_at=u.expires_at))

@@ -79,7 +79,8 @@ async def test_create_list_revoke(api: httpx.AsyncClient) -> None:
     out = _run("keys", "create", "--tenant", "St Mary", "--user", "pacs", "--expires-in", "30d")
     key = out[-1]
     assert key.startswith(KEY_PREFIX) and len(out) == 2 and "expires 20" in out[0]
-    assert (await _me(api, key)).status_code == 200
+    me = await _me(api, key)
+    assert me.status_code == 200 and me.json()["user"]["expires_at"] is not None  # clients see it
     listing = "\n".join(_run("keys", "list"))
     assert key not in listing and key[:12] + "…" in listing  # the prefix, never the key
     with sync_session() as session:
