@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -274,7 +275,7 @@ def to_png_bytes(pixels: np.ndarray, max_side: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def check_dimensions(img: DecodedImage, settings: Settings | None = None) -> None:
+def check_dimensions(img: DecodedImage | CheckedImage, settings: Settings | None = None) -> None:
     """Refuse images too small to read, too large to process, or absurdly elongated."""
     s = settings or get_settings()
     width, height = img.source_width, img.source_height  # as stored, before any shrinking
@@ -294,25 +295,162 @@ def check_dimensions(img: DecodedImage, settings: Settings | None = None) -> Non
 
 
 # The API only judges an upload (it decodes, and its dimensions); the worker decodes it again
-# for the model. Decoded this small, a JPEG costs 1/64 of its pixels (libjpeg still reads
-# every coefficient, so a truncated or corrupt stream is still refused).
+# for the model. JPEG and DICOM are decoded this small (a JPEG at 1/8 scale: libjpeg still
+# reads every coefficient, so a truncated or corrupt stream is still refused); a PNG is not
+# decoded at all, but checked as a stream (`check_png`).
 CHECK_SIDE = 256
 
 
-def decode_and_check(data: bytes, *, frame: int | None = None,
-                     settings: Settings | None = None) -> DecodedImage:
-    """Everything the API checks before it accepts an upload (size is checked while streaming).
+@dataclass(frozen=True)
+class CheckedImage:
+    """What the API learned judging an upload: its format and its size as stored."""
 
-    The pixels returned are shrunk to at most CHECK_SIDE; the dimensions checked are the
-    file's own."""
+    format: ImageFormat
+    source_size: tuple[int, int]
+
+    @property
+    def source_width(self) -> int:
+        return self.source_size[0]
+
+    @property
+    def source_height(self) -> int:
+        return self.source_size[1]
+
+
+def decode_and_check(data: bytes, *, frame: int | None = None,
+                     settings: Settings | None = None) -> CheckedImage:
+    """Everything the API checks before it accepts an upload (size is checked while
+    streaming), in memory bounded by the check itself, not by the image's pixel count."""
     s = settings or get_settings()
     if len(data) > s.max_upload_bytes:
         raise InputError(
             f"The file is {len(data)} bytes; the limit is {s.max_upload_bytes}.",
             code=errors.FILE_TOO_LARGE, http_status=413)
-    img = decode_image(data, frame=frame, max_side=CHECK_SIDE)
-    check_dimensions(img, s)
-    return img
+    if sniff_format(data) == "png":
+        checked = CheckedImage("png", check_png(data, s))
+    else:
+        img = decode_image(data, frame=frame, max_side=CHECK_SIDE)
+        checked = CheckedImage(img.format, (img.source_width, img.source_height))
+    check_dimensions(checked, s)
+    return checked
+
+
+# Bits per pixel of each PNG colour type at each allowed bit depth (PNG spec, table 11.1).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Adam7: (first row, first column, row step, column step) of each pass.
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2),
+          (1, 0, 2, 1))
+
+
+def check_png(data: bytes, settings: Settings | None = None) -> tuple[int, int]:
+    """Judge a PNG without decoding its pixels; returns (width, height) or InputError.
+
+    Chunks walked with their CRCs, a valid IHDR checked against the pixel budget, PLTE where
+    the colour type needs one, and the IDAT stream inflated a megabyte at a time (counted,
+    then dropped) to exactly the size the header implies, every row starting with a known
+    filter type. Memory stays about a megabyte whatever the image's size: an 8192x8192 RGBA
+    PNG costs the API no 256 MB buffer. The worker decodes it (Pillow) later."""
+    s = settings or get_settings()
+
+    def bad(why: str) -> InputError:
+        return InputError(f"The PNG file could not be decoded: {why}.", code=errors.UNDECODABLE)
+
+    pos, header, palette, idat_seen = 8, None, False, False
+    inflater = zlib.decompressobj()
+    rows = _RowCheck()
+    while True:
+        if pos + 12 > len(data):
+            raise bad("truncated (no IEND chunk)")
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body_end = data[pos + 4:pos + 8], pos + 8 + length
+        if length > 0x7FFFFFFF or body_end + 4 > len(data):
+            raise bad(f"chunk {kind!r} runs past the end of the file")
+        (crc,) = struct.unpack(">I", data[body_end:body_end + 4])
+        if zlib.crc32(data[pos + 4:body_end]) != crc:
+            raise bad(f"chunk {kind!r} fails its CRC")
+        body = memoryview(data)[pos + 8:body_end]
+        if header is None:
+            if kind != b"IHDR" or length != 13:
+                raise bad("the first chunk is not a valid IHDR")
+            header = struct.unpack(">IIBBBBB", body)
+            width, height, depth, colour, compression, filtering, interlace = header
+            if (colour not in _PNG_DEPTHS or depth not in _PNG_DEPTHS[colour] or compression
+                    or filtering or interlace > 1 or not width or not height):
+                raise bad("its header names an impossible format")
+            check_pixel_budget(width, height, s)  # before a byte of pixel data is read
+            rows = _RowCheck(width, height, _PNG_CHANNELS[colour] * depth, bool(interlace))
+        elif kind == b"PLTE":
+            palette = True
+        elif kind == b"IDAT":
+            if colour == 3 and not palette:
+                raise bad("a palette image without its palette")
+            idat_seen = True
+            try:
+                while body:
+                    rows.feed(inflater.decompress(body, 1 << 20))
+                    body = inflater.unconsumed_tail
+            except zlib.error as exc:
+                raise bad(f"its image data is corrupt ({exc})") from exc
+        elif kind == b"IEND":
+            break
+        pos = body_end + 4
+    if not idat_seen:
+        raise bad("no image data")
+    try:
+        rows.feed(inflater.flush())
+    except zlib.error as exc:
+        raise bad(f"its image data is corrupt ({exc})") from exc
+    rows.finish(bad)
+    return width, height
+
+
+class _RowCheck:
+    """Counts the inflated bytes of a PNG against its header and checks each row's filter
+    byte (0-4), a chunk at a time, keeping nothing."""
+
+    def __init__(self, width: int = 0, height: int = 0, bits: int = 0,
+                 interlaced: bool = False) -> None:
+        # Each pass of Adam7 (or the one image): (rows, bytes a row including its filter byte).
+        passes = [(0, 0, 1, 1)] if not interlaced else list(_ADAM7)
+        self._rows: list[tuple[int, int]] = []
+        for r0, c0, dr, dc in passes:
+            n_rows = (height - r0 + dr - 1) // dr if height > r0 else 0
+            n_cols = (width - c0 + dc - 1) // dc if width > c0 else 0
+            if n_rows and n_cols:
+                self._rows.append((n_rows, 1 + (n_cols * bits + 7) // 8))
+        self.expected = sum(n * stride for n, stride in self._rows)
+        self.seen = 0
+        self.bad_filter = False
+
+    def _filter_offsets(self, start: int, stop: int) -> np.ndarray:
+        """Offsets in [start, stop) of the stream where a row's filter byte sits."""
+        out, base = [], 0
+        for n, stride in self._rows:
+            end = base + n * stride
+            lo, hi = max(start, base), min(stop, end)
+            if lo < hi:
+                first = base + -(-(lo - base) // stride) * stride
+                out.append(np.arange(first, hi, stride))
+            base = end
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        start, self.seen = self.seen, self.seen + len(chunk)
+        if start >= self.expected:
+            return  # too much data: reported by `finish`
+        offsets = self._filter_offsets(start, min(self.seen, self.expected)) - start
+        if offsets.size and int(np.frombuffer(chunk, np.uint8)[offsets].max()) > 4:
+            self.bad_filter = True
+
+    def finish(self, bad: Any) -> None:
+        if self.seen != self.expected:
+            raise bad(f"its image data has {self.seen} bytes where its header implies "
+                      f"{self.expected} (truncated or padded)")
+        if self.bad_filter:
+            raise bad("a row has an unknown filter type")
 
 
 # --- metadata: originals are stored without it ----------------------------------------------

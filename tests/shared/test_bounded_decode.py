@@ -104,7 +104,58 @@ def test_the_api_check_judges_the_files_own_size_not_the_shrunk_pixels() -> None
         decode_and_check(data)
     assert err.value.code == errors.BAD_ASPECT_RATIO and "2000x400" in err.value.message
     ok = decode_and_check(grey_png(1200, 1000))
-    assert ok.source_size == (1200, 1000) and max(ok.pixels.shape) <= 256
+    assert ok.format == "png" and ok.source_size == (1200, 1000)
+    jpeg = decode_and_check(encode(brain_slice(5, size=512), "JPEG"))
+    assert jpeg.format == "jpeg" and jpeg.source_size == (512, 512)
+
+
+def _interlaced_png(width: int, height: int, truncate: int = 0) -> bytes:
+    """An Adam7-interlaced grey PNG (Pillow cannot write one), built pass by pass."""
+    from shared.imaging import _ADAM7
+
+    raw = b""
+    for r0, c0, dr, dc in _ADAM7:
+        n_rows, n_cols = len(range(r0, height, dr)), len(range(c0, width, dc))
+        if n_rows and n_cols:
+            raw += (b"\0" + b"\x40" * n_cols) * n_rows
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 1)
+    idat = zlib.compress(raw[:len(raw) - truncate])
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("name", ["interlaced", "interlaced-truncated", "unknown-filter",
+                                  "extra-data", "no-palette"])
+def test_the_png_stream_check_agrees_with_the_decoder(name: str) -> None:
+    from shared.imaging import check_png
+
+    good = _interlaced_png(97, 65)
+    data = {"interlaced": good, "interlaced-truncated": _interlaced_png(97, 65, truncate=30),
+            "unknown-filter": _chunked_png(b"\x07" + b"\0" * 80, 80, 1),
+            "extra-data": _chunked_png(b"\0" + b"\0" * 80 + b"spare", 80, 1),
+            "no-palette": _chunked_png(b"\0" + b"\0" * 80, 80, 1, colour=3)}[name]
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+        pillow_ok = True
+    except Exception:
+        pillow_ok = False
+    try:
+        size = check_png(data)
+        ours_ok = True
+        assert size == (97, 65)
+    except InputError as exc:
+        assert exc.code == errors.UNDECODABLE
+        ours_ok = False
+    assert ours_ok == (name == "interlaced")
+    if name in ("interlaced", "interlaced-truncated"):  # stricter than Pillow otherwise
+        assert ours_ok == pillow_ok, (name, pillow_ok)
+
+
+def _chunked_png(raw: bytes, width: int, height: int, colour: int = 0) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw))
+            + _chunk(b"IEND", b""))
 
 
 def test_dicom_is_shrunk_before_any_float_conversion() -> None:
@@ -206,6 +257,21 @@ print(json.dumps({"grown_mib": (hwm() - before) / 1024, "shape": list(img.pixels
 """
 
 
+_CHECK_PEAK = _PEAK.replace("img = decode_image(data, max_side=int(sys.argv[2]))",
+                            "img = decode_and_check(data)").replace(
+    "from shared.imaging import decode_image", "from shared.imaging import decode_and_check"
+).replace('"shape": list(img.pixels.shape)', '"size": list(img.source_size)')
+
+
+def _rgba_png(width: int, height: int) -> bytes:
+    comp = zlib.compressobj(1)
+    row = b"\0" + bytes(range(256)) * (width * 4 // 256) + b"\0" * (width * 4 % 256)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))
+
+
 def _peak_growth(data: bytes, max_side: int, tmp_path: Path) -> dict[str, object]:
     path = tmp_path / f"image-{max_side}"
     path.write_bytes(data)
@@ -221,6 +287,15 @@ def test_a_fresh_process_grows_by_the_stored_pixels_not_by_float_copies(tmp_path
     assert bounded["shape"] == [1024, 1024] and full["shape"] == [4000, 4000]
     assert bounded["grown_mib"] < 48, bounded  # 16 MB decoded + small working copies
     assert full["grown_mib"] > 64, full  # the old path: at least one full-size float array
+    # The API's check of a PNG decodes nothing: an RGBA 6000x6000 (137 MB of pixels) costs
+    # about the stream check's megabyte.
+    rgba = _rgba_png(6000, 6000)
+    path = tmp_path / "rgba.png"
+    path.write_bytes(rgba)
+    out = subprocess.run([sys.executable, "-c", _CHECK_PEAK, str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
+    checked = json.loads(out.stdout)
+    assert checked["size"] == [6000, 6000] and checked["grown_mib"] < 16, checked
     dicom = to_bytes(mr_dataset(np.kron(brain_like(100), np.ones((30, 30)))))  # 3000^2 x 16 bit
     bounded = _peak_growth(dicom, 1024, tmp_path)
     full = _peak_growth(dicom, 0, tmp_path)
