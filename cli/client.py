@@ -18,7 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
-from neuroscan.client import FINAL, Client, NeuroScanError, collect_files, is_submittable
+from neuroscan.client import Client, NeuroScanError, collect_files, is_submittable
+from shared.states import FINAL_STATES
 
 __all__ = ["collect_files", "is_submittable", "submit"]
 
@@ -89,7 +90,7 @@ def _write_scan(client: Client, scan_id: str, outcome: Outcome, out: Path) -> No
     scan = client.scan(scan_id).raw
     outcome.scans[scan_id] = scan
     (out / f"{scan_id}.json").write_text(json.dumps(scan, indent=2), encoding="utf-8")
-    if scan["state"] not in FINAL:
+    if scan["state"] not in FINAL_STATES:
         return
     (out / f"{scan_id}.fhir.json").write_text(json.dumps(client.fhir(scan_id), indent=2),
                                               encoding="utf-8")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db.models import Batch, ScanResult
 from shared.explanation import Explanation, explanation_for
 from shared.labels import CLASSES
+from shared.states import FINAL_STATES, JobState
 
 
 class ErrorBody(BaseModel):
@@ -192,10 +193,10 @@ def scan_out(scan: ScanResult, sign_url: Callable[[str], str]) -> ScanOut:
 
 
 def batch_out(batch: Batch, scans: list[ScanResult], sign_url: Callable[[str], str]) -> BatchOut:
-    counts = {state: 0 for state in ("queued", "processing", "succeeded", "failed")}
+    counts = {state.value: 0 for state in JobState}
     for scan in scans:
         counts[scan.state] = counts.get(scan.state, 0) + 1
-    done = bool(scans) and counts["succeeded"] + counts["failed"] == len(scans)
+    done = bool(scans) and sum(counts[state] for state in FINAL_STATES) == len(scans)
     finished_at = batch.finished_at
     if done and finished_at is None:
         # The worker records the batch's end just after committing its last scan (so two

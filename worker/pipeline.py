@@ -33,10 +33,10 @@ from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
 from shared.db.session import sync_session
 from shared.errors import InputError
 from shared.events import transition
-from shared.imaging import MEDIA_TYPES, DecodedImage, decode_image, to_png_bytes
+from shared.imaging import BROWSER_FORMATS, MEDIA_TYPES, DecodedImage, decode_image, to_png_bytes
 from shared.lifecycle import settle_results
 from shared.settings import get_settings
-from shared.states import JobState
+from shared.states import UNFINISHED_STATES, JobState
 from shared.storage import Storage, get_storage
 from shared.wakeup import publish
 from worker.leases import Heartbeat, release
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 Notify = Callable[[str, str], None]  # (scan or batch id, "scan" | "batch")
 Resend = Callable[[list[str]], object]  # sends each of these scans in a task of its own
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
-_BROWSER_FORMATS = ("png", "jpeg")  # shown as uploaded; anything else also gets a PNG preview
-_NOT_FINAL = (JobState.QUEUED.value, JobState.PROCESSING.value)
 
 _model: LoadedModel | None = None
 _model_lock = threading.Lock()
@@ -102,7 +100,7 @@ def claim(session: Session, scan_ids: Sequence[str], owner: str | None = None,
     expires = now + timedelta(seconds=lease_s or get_settings().scan_lease_s)
     # Rows are always locked in id order (here, in finish, in fail_unfinished): no deadlocks.
     rows = [row for row in session.scalars(select(ScanResult).where(
-        ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL)
+        ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(UNFINISHED_STATES)
     ).order_by(ScanResult.id).with_for_update()).all()
         # A duplicate message must not run a scan another worker is still working on.
         if row.lease_owner in (None, owner) or row.lease_expires_at is None
@@ -175,7 +173,7 @@ def _assets(item: Claimed, image: DecodedImage,
     under deterministic names (a retry overwrites them)."""
     out = [("image_ref", "uploads", f"{item.scan_id}.{_EXTENSIONS[item.format]}", item.data,
             item.media_type)]
-    if item.format not in _BROWSER_FORMATS or image.shrunk:
+    if item.format not in BROWSER_FORMATS or image.shrunk:  # anything else gets a PNG preview
         # The decoded, windowed frame the model saw (the DICOM was de-identified at intake;
         # the PNG carries pixels only), so that browsers and reports can show it; for a PNG
         # or JPEG larger than DECODE_MAX_SIDE, a display-sized rendition (the PDF report
@@ -233,7 +231,7 @@ def finish(session: Session, outcomes: Sequence[Outcome]) -> list[ScanResult]:
     """Write each outcome to its scan if the scan is not final yet; returns the scans finished."""
     by_id = {o.scan_id: o for o in outcomes}
     rows = session.scalars(select(ScanResult).where(
-        ScanResult.id.in_(list(by_id)), ScanResult.state.in_(_NOT_FINAL))
+        ScanResult.id.in_(list(by_id)), ScanResult.state.in_(UNFINISHED_STATES))
         .order_by(ScanResult.id).with_for_update()).all()
     now = utcnow()
     for row in rows:
@@ -262,7 +260,7 @@ def fail_unfinished(scan_ids: Sequence[str], code: str, message: str,
     """Give up on scans a task could not finish: failed with `code`, never left processing."""
     with sync_session() as session:
         rows = session.scalars(select(ScanResult).where(
-            ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(_NOT_FINAL))
+            ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(UNFINISHED_STATES))
             .order_by(ScanResult.id).with_for_update()).all()
         for row in rows:
             fail_row(session, row, code, message)
@@ -281,7 +279,7 @@ def announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify 
     for batch_id in sorted({b for _, _, b in done if b}):
         with sync_session() as session:
             unfinished = session.scalar(select(ScanResult.id).where(
-                ScanResult.batch_id == batch_id, ScanResult.state.in_(_NOT_FINAL)).limit(1))
+                ScanResult.batch_id == batch_id, ScanResult.state.in_(UNFINISHED_STATES)).limit(1))
             if unfinished is not None:
                 continue
             won = session.execute(update(Batch).where(

@@ -25,7 +25,7 @@ from api.deps import BatchDep, ScanDep, SessionDep
 from shared.db.models import ScanEvent, ScanResult
 from shared.db.session import async_session_factory, release
 from shared.events import event_payload
-from shared.states import JobState
+from shared.states import FINAL_STATES
 from shared.wakeup import wake_event
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -35,7 +35,6 @@ POLL_INTERVAL_S = 0.2
 # query: 64 idle streams at 5 polls/s would be most of a small pool's work).
 MAX_POLL_INTERVAL_S = 1.0
 RETRY_MS = 1000
-_FINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value}
 _DOC = {200: {"description": "`text/event-stream`: `id` = event id, `event` = state, "
                              "`data` = JSON with scan_id, batch_id, state, at (and the "
                              "prediction or error once final)"}}
@@ -64,7 +63,7 @@ async def _follow(tenant_id: str, *, scan_id: str | None = None, batch_id: str |
         async with factory() as session:
             query = select(ScanEvent.scan_id).where(
                 ScanEvent.tenant_id == tenant_id, ScanEvent.id <= after,
-                ScanEvent.state.in_(_FINAL))
+                ScanEvent.state.in_(FINAL_STATES))
             query = query.where(ScanEvent.scan_id == scan_id) if scan_id else \
                 query.where(ScanEvent.batch_id == batch_id)
             final.update(await session.scalars(query))
@@ -83,7 +82,7 @@ async def _follow(tenant_id: str, *, scan_id: str | None = None, batch_id: str |
             rows = (await session.execute(query)).all()
         for event, scan in rows:
             last = event.id
-            if event.state in _FINAL:
+            if event.state in FINAL_STATES:
                 final.add(event.scan_id)
             yield ServerSentEvent(id=str(event.id), event=event.state,
                                   data=event_payload(event, scan),

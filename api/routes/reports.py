@@ -25,7 +25,6 @@ from shared.storage import Storage
 
 router = APIRouter(tags=["reports"])
 
-_NOT_FINAL = (JobState.QUEUED.value, JobState.PROCESSING.value)
 _PDF = {"content": {"application/pdf": {}}, "description": "The PDF report"}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such scan or batch"},
@@ -59,7 +58,7 @@ async def scan_report(scan: ScanDep, session: SessionDep, storage: StorageDep,
                       sign_url: UrlSigner, trail: AuditTrailDep) -> Response:
     """Result, original and Grad-CAM overlay, probabilities, model and references as a PDF.
     The client's file name is in it only if the tenant opted in (`neuroscan privacy`)."""
-    if scan.state in _NOT_FINAL:
+    if not JobState(scan.state).is_final:
         raise HTTPException(409, detail={"code": "scan_not_finished",
                                          "message": f"The scan is {scan.state}; try again when it "
                                                     "has succeeded or failed."})
@@ -90,7 +89,7 @@ async def batch_report(batch: BatchDep, session: SessionDep, sign_url: UrlSigner
         .order_by(ScanResult.created_at, ScanResult.id)))
     with_names = await shares_filenames_async(session, batch.tenant_id)
     await release(session)
-    if any(s.state in _NOT_FINAL for s in scans):
+    if any(not JobState(s.state).is_final for s in scans):
         raise HTTPException(409, detail={"code": "batch_not_finished",
                                          "message": "Some scans of the batch are still queued or "
                                                     "processing."})
