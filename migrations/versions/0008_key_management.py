@@ -30,8 +30,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tenants") as batch:
+    # ALTER TABLE ... DROP COLUMN in place: a table copy on SQLite would drop `tenants` and
+    # cascade into every scan (recreate="never" refuses to fall back to one).
+    with op.batch_alter_table("tenants", recreate="never") as batch:
         batch.drop_column("webhook_secret")
-    with op.batch_alter_table("users") as batch:
+    with op.batch_alter_table("users", recreate="never") as batch:
         batch.drop_column("last_used_at")
         batch.drop_column("expires_at")
