@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
@@ -32,6 +32,12 @@ from api.routes import (
     web,
 )
 from shared.db.session import async_engine
+from shared.logs import (
+    REQUEST_ID_HEADER,
+    configure_logging,
+    propagate_request_ids,
+    valid_request_id,
+)
 from shared.settings import get_settings
 from shared.storage import topology_problem
 
@@ -78,7 +84,8 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level)
+    configure_logging(settings)
+    propagate_request_ids()  # into the Celery messages a request sends
     app = FastAPI(title="NeuroScan API", version="1.0.0", description=DESCRIPTION,
                   lifespan=_lifespan)
     # Innermost: key and body size are checked before any route or body parser runs.
@@ -88,7 +95,12 @@ def create_app() -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["Authorization", "Content-Type",
-                                                               "Last-Event-ID"])
+                                                               "Last-Event-ID", REQUEST_ID_HEADER],
+                           expose_headers=[REQUEST_ID_HEADER])
+    # Outermost: every answer, a 401 or 413 from the guard too, carries X-Request-ID (the
+    # caller's, if it is a plain token, else a new one), and every log line of the request.
+    app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER,
+                       validator=valid_request_id)
     install_error_handlers(app)
     for router in _ROUTERS:
         app.include_router(router)

@@ -258,6 +258,13 @@ class Settings(BaseSettings):
     flower_password: str = "change-me"
     flower_port: int = 5555
     log_level: str = "INFO"  # Python logging level of API and worker
+    # Log lines as JSON objects (one per line, with request id, scan and batch ids) or plain
+    # text; unset: JSON when ENVIRONMENT is test or production (docs/operations.md, Logs).
+    log_format: Literal["json", "text"] | None = None
+    # Each worker serves Prometheus /metrics on this address and port (0: off); workers that
+    # share a network namespace need a port each (docs/operations.md, Monitoring).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -313,6 +320,12 @@ class Settings(BaseSettings):
     def sync_database_url(self) -> str:
         """The URL for a synchronous engine (psycopg or sqlite3): worker, Alembic, CLI."""
         return _with_driver(self.database_url, asyncio=False)
+
+    @property
+    def log_json(self) -> bool:
+        """LOG_FORMAT, or its default: JSON in test and production, text otherwise."""
+        return (self.log_format or ("json" if self.environment in ("test", "production")
+                                    else "text")) == "json"
 
     @property
     def uses_sqlite(self) -> bool:

@@ -26,6 +26,7 @@ from shared.preprocessing import preprocess
 from shared.settings import Settings, get_settings
 from worker import ood, overlay
 from worker.gate import GateOutcome, assess
+from worker.metrics import stage
 from worker.model.gradcam import make_explainer, make_logits
 from worker.model.gradcam_postprocess import to_original_frame
 from worker.model.loader import LoadedModel
@@ -136,17 +137,19 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
         return gate, (preprocess(img.pixels, model.input_size) if gate.accepted
                       else None)
 
-    first = parallel_map(gate_and_prepare, images)
+    with stage("preprocess"):  # the gate's rules, then the one preprocessing function
+        first = parallel_map(gate_and_prepare, images)
     gates = [g for g, _ in first]
     accepted = [i for i, g in enumerate(gates) if g.accepted]
     results: list[Analysis] = [Analysis(gate=g) for g in gates]
     if not accepted:
         return results
     prepared = [first[i][1] for i in accepted]
-    probs, cams, feats = run_batch_with_features(model, np.stack([x for x, _, _ in prepared]),
-                                                 class_index)
-    learned = ood.gate_for(model)
-    distances = learned.distances(feats) if learned is not None else None
+    with stage("model"):  # one compiled pass for the batch, then the learned gate's distances
+        probs, cams, feats = run_batch_with_features(model, np.stack([x for x, _, _ in prepared]),
+                                                     class_index)
+        learned = ood.gate_for(model)
+        distances = learned.distances(feats) if learned is not None else None
 
     def finish(row: int) -> Analysis:
         i = accepted[row]
@@ -177,6 +180,7 @@ def analyse(images: Sequence[DecodedImage], model: LoadedModel,
             heatmap_png=overlay.heatmap_png(cam),
         )
 
-    for i, analysis in zip(accepted, parallel_map(finish, range(len(accepted))), strict=True):
-        results[i] = analysis
+    with stage("overlay"):  # each map back in its image's frame, rendered as PNGs
+        for i, analysis in zip(accepted, parallel_map(finish, range(len(accepted))), strict=True):
+            results[i] = analysis
     return results

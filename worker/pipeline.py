@@ -35,10 +35,12 @@ from shared.errors import InputError
 from shared.events import transition
 from shared.imaging import BROWSER_FORMATS, MEDIA_TYPES, DecodedImage, decode_image, to_png_bytes
 from shared.lifecycle import settle_results
+from shared.logs import log_context
 from shared.settings import get_settings
 from shared.states import UNFINISHED_STATES, JobState
 from shared.storage import Storage, get_storage
 from shared.wakeup import publish
+from worker import metrics
 from worker.leases import Heartbeat, release
 from worker.parallel import io_map, parallel_map
 
@@ -71,6 +73,7 @@ def get_model() -> LoadedModel:
             configure_threads(s)
             _model = load_model(s.model_dir, s.model_name)
             log.info("loaded model %s %s (sha256 %s)", _model.name, _model.version, _model.sha256)
+            metrics.model_loaded(_model)
         return _model
 
 
@@ -192,31 +195,32 @@ def analyse_and_store(items: Sequence[Claimed], model: LoadedModel,
                       storage: Storage) -> list[Outcome]:
     from worker.inference import analyse  # TensorFlow only where inference runs
 
-    t0 = time.perf_counter()
-    decoded, outcomes = _decode(items)
-    t1 = time.perf_counter()
+    with metrics.stage("decode") as decoding:
+        decoded, outcomes = _decode(items)
+    t1 = time.perf_counter()  # preprocess, model and overlay are timed in analyse()
     analyses = analyse([img for _, img in decoded], model) if decoded else []
     t2 = time.perf_counter()
     model_fields = {"model_name": model.name, "model_version": model.version,
                     "model_sha256": model.sha256}
-    batch_timing = {"batch_size": len(items), "decode_ms": round((t1 - t0) * 1000, 2),
+    batch_timing = {"batch_size": len(items), "decode_ms": decoding.ms,
                     "inference_ms": round((t2 - t1) * 1000, 2)}
 
     pairs = list(zip(decoded, analyses, strict=True))
     assets = parallel_map(lambda pair: _assets(pair[0][0], pair[0][1], pair[1]), pairs)
     # Every asset of the batch is uploaded at once on the I/O pool (Cloudinary: a round trip
     # each), so a single scan's three uploads overlap too.
-    t3 = time.perf_counter()
-    uploads = [(k, asset) for k, scan_assets in enumerate(assets) for asset in scan_assets]
-    stored = io_map(lambda job: storage.put(*job[1][1:]), uploads)
+    with metrics.stage("upload") as uploading:
+        uploads = [(k, asset) for k, scan_assets in enumerate(assets) for asset in scan_assets]
+        stored = io_map(lambda job: storage.put(*job[1][1:]), uploads)
     refs: list[dict[str, str]] = [{} for _ in pairs]
     for (k, asset), ref in zip(uploads, stored, strict=True):
         refs[k][asset[0]] = ref
-    timings = {**batch_timing, "storage_ms": round((time.perf_counter() - t3) * 1000, 2)}
+    timings = {**batch_timing, "storage_ms": uploading.ms}
     for ((item, _), analysis), scan_refs in zip(pairs, refs, strict=True):
         fields: dict[str, Any] = {"gate": analysis.gate.to_dict(), **model_fields, **scan_refs,
                                   "timings": dict(timings)}
         if not analysis.gate.accepted:
+            metrics.gate_rejected([analysis.gate.code])
             outcomes.append(Outcome(item.scan_id, JobState.FAILED, {
                 **fields, "error_code": analysis.gate.code,
                 "error_message": analysis.gate.reason}))
@@ -265,6 +269,7 @@ def fail_unfinished(scan_ids: Sequence[str], code: str, message: str,
         for row in rows:
             fail_row(session, row, code, message)
         done = [(r.id, r.callback_url, r.batch_id) for r in rows]
+    _report(done, {scan_id: (JobState.FAILED.value, code) for scan_id, _, _ in done})
     announce(done, notify)
     return [scan_id for scan_id, _, _ in done]
 
@@ -305,27 +310,31 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
     started = time.monotonic()
     # Loaded before any lease is taken: the first load is seconds of busy CPU.
     model = get_model()
-    with sync_session() as session:
+    with metrics.stage("database"), sync_session() as session:
         claimed = claim(session, scan_ids, owner, s.scan_lease_s)
         if claimed:
             claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
                                     exclude=scan_ids, singles_only=singles_only)
+    _log_not_claimed(scan_ids, claimed)
     if not claimed:
         return []
     if gather and len(claimed) < gather and s.worker_batch_wait_ms > 0:
         # Triton's max queue delay: a moment for concurrent single scans to arrive.
         time.sleep(s.worker_batch_wait_ms / 1000)
-        with sync_session() as session:
+        with metrics.stage("database"), sync_session() as session:
             claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
                                     exclude=scan_ids, singles_only=singles_only)
     ids = [item.scan_id for item in claimed]
+    metrics.BATCH_SIZE.observe(len(ids))
     publish(ids)  # their `processing` events
     own = set(scan_ids)
     extras = [scan_id for scan_id in ids if scan_id not in own]
     if extras:
         log.debug("task %s: %d own scans + %d gathered", owner, len(ids) - len(extras),
                   len(extras))
-    with Heartbeat(ids, owner, s.scan_lease_s, s.task_time_limit_s):
+    log.info("model pass of %d scans (%d gathered)", len(ids), len(extras),
+             extra={"scan_ids": ids})
+    with log_context(scan_ids=ids), Heartbeat(ids, owner, s.scan_lease_s, s.task_time_limit_s):
         try:
             outcomes = analyse_and_store(claimed, model, storage or get_storage())
             done = _write_results(outcomes, deadline=started + s.task_time_limit_s)
@@ -336,8 +345,33 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
             if extras and resend is not None:
                 _resend_quietly(resend, extras)
             raise
+    _report(done, {o.scan_id: (o.state.value, o.fields.get("error_code")) for o in outcomes},
+            gathered=set(extras))
     announce(done, notify)
     return [scan_id for scan_id, _, _ in done]
+
+
+def _log_not_claimed(scan_ids: Sequence[str], claimed: Sequence[Claimed]) -> None:
+    """A message whose scans are final, or in another task's pass (dynamic batching), says so
+    under its own request id: the scan id leads on to the pass that processed it."""
+    taken = {item.scan_id for item in claimed}
+    for scan_id in scan_ids:
+        if scan_id not in taken:
+            log.info("scan %s is final or in another task's pass", scan_id,
+                     extra={"scan_id": scan_id})
+
+
+def _report(done: Sequence[tuple[str, str | None, str | None]],
+            results: dict[str, tuple[str, str | None]], gathered: set[str] | None = None) -> None:
+    """One count (metrics) and one log line per scan finished: its id, batch, state, error
+    code; `gathered` when it joined this pass from another task's message."""
+    for scan_id, _, batch_id in done:
+        state, error_code = results[scan_id]
+        metrics.scans_finished([(state, error_code)])
+        log.log(logging.INFO if state == JobState.SUCCEEDED.value else logging.WARNING,
+                "scan %s %s%s", scan_id, state, f" ({error_code})" if error_code else "",
+                extra={"scan_id": scan_id, "batch_id": batch_id, "state": state,
+                       "error_code": error_code, "gathered": scan_id in (gathered or ())})
 
 
 def _resend_quietly(resend: Resend, scan_ids: list[str]) -> None:
@@ -358,7 +392,7 @@ def _write_results(outcomes: Sequence[Outcome],
     delay = 0.5
     while True:
         try:
-            with sync_session() as session:
+            with metrics.stage("database"), sync_session() as session:
                 rows = finish(session, outcomes)
                 return [(r.id, r.callback_url, r.batch_id) for r in rows]
         except (OperationalError, InterfaceError) as exc:
