@@ -208,11 +208,11 @@ for i in range(n):
 PY
 
 # --- 3. Up -----------------------------------------------------------------------------------
-step "compose up (postgres, redis, migrate, api, worker, flower)"
+step "compose up (postgres, redis, migrate, api, worker, webhooks, flower)"
 dc up -d --no-build >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "compose up"; }
 # Bounds, not expectations: on a quiet 2-core machine this takes about a minute; on one shared
 # with a training run the containers get a sliver of the CPU (measured: 290 s).
-wait_healthy 600 postgres redis migrate api worker flower
+wait_healthy 600 postgres redis migrate api worker webhooks flower
 took compose_up
 passed "every service healthy, migrate exited 0"
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$(dc ps -q migrate)")" = 0 ] || fail "migrate did not exit 0"
