@@ -59,7 +59,8 @@ def create_key(
 def list_keys(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
 ) -> None:
-    """Every key: id, prefix, tenant, user, created, expires, last used, state (never the key)."""
+    """Every key: id, prefix, tenant, user, created, expires, last used, state (never the key).
+    Times are UTC."""
     from shared.db.session import sync_session
     from shared.db.tenants import key_state, list_keys
 
@@ -67,8 +68,9 @@ def list_keys(
     with sync_session() as session:
         for t, u in list_keys(session, tenant):
             state = key_state(u)
-            if state == "revoking":
-                state = f"revoked at {_when(u.revoked_at)}"
+            if state in ("revoked", "revoking"):  # revoking: rotated, in its grace period
+                state = f"revoked {_when(u.revoked_at)}" if state == "revoked" \
+                    else f"revokes at {_when(u.revoked_at)}"
             rows.append((u.id, u.api_key_prefix + "…", t.name, u.name, _when(u.created_at),
                          _when(u.expires_at) if u.expires_at else "never",
                          _when(u.last_used_at), state))

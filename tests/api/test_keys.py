@@ -68,13 +68,6 @@ async def _me(api: httpx.AsyncClient, key: str) -> httpx.Response:
     return await api.get("/v1/me", headers={"Authorization": f"Bearer {key}"})
 
 
-def _keys_table() -> list[dict[str, str]]:
-    header, *rows = _run("keys", "list")
-    assert header.split()[:3] == ["KEY", "ID", "PREFIX"]
-    return [dict(zip(("id", "prefix", "tenant", "user"), row.split()[:4], strict=True))
-            for row in rows]
-
-
 async def test_create_list_revoke(api: httpx.AsyncClient) -> None:
     out = _run("keys", "create", "--tenant", "St Mary", "--user", "pacs", "--expires-in", "30d")
     key = out[-1]
