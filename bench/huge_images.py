@@ -7,9 +7,9 @@ Each measurement runs in a fresh process: it loads the shipped model as the work
 (`worker.pipeline.get_model`), then runs the worker's per-batch path on the files
 (`worker.pipeline.analyse_and_store`: decode, gate, preprocessing, the model + Grad-CAM pass,
 overlay, heatmap and preview encoding, storage on local disk) with WORKER_THREADS as
-configured. Reported: RSS after the model load, the peak RSS of the whole process
-(`ru_maxrss`, which includes the model load) and the peak while the batch ran (sampled every
-10 ms), and each scan's outcome.
+configured. Reported: RSS after the model load, the peak RSS of the whole process (VmHWM,
+which includes the model load) and the peak while the batch ran (sampled every 10 ms), and
+each scan's outcome.
 
 Two decode paths: the bounded one (DECODE_MAX_SIDE=1024, the default) and full-size decoding
 (DECODE_MAX_SIDE=0, what every image went through before). Full size is measured for one
@@ -26,7 +26,7 @@ import argparse
 import json
 import os
 import platform
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,9 +40,15 @@ RESULTS = ROOT / "bench" / "results" / "huge_images.json"
 ISSUE_BASELINE_MIB = {"batch_of_8": 8.4 * 1024, "single": 4.6 * 1024}
 
 
+def _status_mib(field: str) -> float:
+    """VmRSS or VmHWM (the peak) of this process; unlike ru_maxrss, VmHWM starts afresh at
+    exec, so a child never reports its parent's peak."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", text)[1]) / 1024  # type: ignore[index]
+
+
 def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _status_mib("VmRSS")
 
 
 def make_images(side: int, count: int, folder: Path) -> list[Path]:
@@ -76,7 +82,7 @@ def child(files: list[str]) -> dict[str, Any]:
     s = get_settings()
     model = get_model()
     after_load = _rss_mib()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_before = _status_mib("VmHWM")
     items = [Claimed(f"scan-{i}", "png", None, Path(f).read_bytes(), "image/png", utcnow())
              for i, f in enumerate(files)]
     with_data = _rss_mib()
@@ -103,7 +109,7 @@ def child(files: list[str]) -> dict[str, Any]:
         "rss_after_model_load_mib": round(after_load, 1),
         "peak_rss_before_batch_mib": round(peak_before, 1),
         "peak_rss_during_batch_sampled_mib": round(peak_sampled, 1),
-        "peak_rss_process_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_process_mib": round(_status_mib("VmHWM"), 1),
         "batch_wall_s": round(wall, 2),
         "outcomes": [{"state": o.state.value, "error_code": o.fields.get("error_code"),
                       "gate": (o.fields.get("gate") or {}).get("code")} for o in outcomes],

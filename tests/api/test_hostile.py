@@ -369,3 +369,19 @@ async def test_bodies_over_the_cap_are_refused_declared_or_chunked(key: str) -> 
             b"Content-Type: image/png\r\n\r\n")
     status, read = await _asgi("/v1/batches", [auth, ctype], [head] + [b"y" * (1 << 20)] * 200)
     assert status == 413 and read < 80, (status, read)
+
+
+def test_a_real_api_process_stays_small_through_the_whole_suite() -> None:
+    """bench/hostile_rss.py's run, on a real `neuroscan api` process (its own interpreter,
+    loopback HTTP): no 5xx and every refusal as above, and its RSS stays bounded. The goal
+    is 200 MiB (bench/results/hostile_rss.json); the bound here is generous, for noisy
+    shared machines and allocator differences."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "hostile_rss.py"
+    spec = importlib.util.spec_from_file_location("hostile_rss", path)
+    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    result = bench.run()
+    assert result["server_errors"] == 0 and result["findings"] == [], result
+    assert result["peak_mib"] < 300, result

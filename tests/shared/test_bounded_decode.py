@@ -303,3 +303,32 @@ def test_a_fresh_process_grows_by_the_stored_pixels_not_by_float_copies(tmp_path
     # arrays; the old path made 3000^2 float64 ones (69 MB each).
     assert bounded["shape"] == [1024, 1024] and bounded["grown_mib"] < 80, bounded
     assert full["grown_mib"] > 2 * bounded["grown_mib"], (full, bounded)
+
+
+def test_the_worker_draws_a_large_png_in_the_decoded_frame_with_a_preview(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Through the worker's own batch path (real tiny model): a PNG larger than
+    DECODE_MAX_SIDE is analysed in the shrunk frame and gets a stored preview, which the PDF
+    report then draws from; a small PNG keeps its original as its preview."""
+    from shared.db.models import utcnow
+    from shared.storage import LocalStorage
+    from tests.conftest import TINY_MODEL_NAME
+    from worker.model import load_model
+    from worker.pipeline import Claimed, analyse_and_store
+
+    big = encode(np.asarray(Image.fromarray(brain_slice(7, size=512)).resize((1500, 1500))))
+    storage = LocalStorage(tmp_path, secret_key="bounded-decode-test")
+    items = [Claimed("big", "png", None, big, "image/png", utcnow()),
+             Claimed("small", "png", None, encode(brain_slice(8)), "image/png", utcnow())]
+    with settings_env(decode_max_side="512"):
+        outcomes = {o.scan_id: o for o in analyse_and_store(
+            items, load_model(tiny_model_dir, TINY_MODEL_NAME), storage)}
+    big_out, small_out = outcomes["big"].fields, outcomes["small"].fields
+    assert outcomes["big"].state.value == "succeeded", big_out
+    assert "preview_ref" in big_out and "preview_ref" not in small_out
+    with Image.open(io.BytesIO(storage.get(big_out["preview_ref"]))) as preview:
+        assert preview.size == (512, 512)
+    with Image.open(io.BytesIO(storage.get(big_out["heatmap_ref"]))) as heatmap:
+        assert heatmap.size == (512, 512)
+    with Image.open(io.BytesIO(storage.get(small_out["heatmap_ref"]))) as heatmap:
+        assert heatmap.size == (256, 256)  # within the limit: the original's frame
