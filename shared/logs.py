@@ -9,7 +9,8 @@ with the request id that started the work and the scans and batch it is about.
   `extra={...}` adds them to one line.
 - Credentials never reach a log line: values of query parameters named like a signature or a
   token (`sig=` of media links), API keys, bearer tokens and passwords in URLs are masked in
-  every message, the access log's request line included.
+  every message, the access log's request line included; so are DICOM UIDs in paths and
+  queries (they name the original study).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ _SECRETS = [
     (re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1[redacted]"),
     (re.compile(r"(://[^:/\s@]*:)[^@\s/]+@"), r"\1[redacted]@"),  # scheme://user:password@
     (re.compile(r"/s--[A-Za-z0-9_-]+--/"), "/s--[redacted]--/"),  # Cloudinary signed delivery
+    # DICOM UIDs name the original study (STOW-RS /dicomweb/studies/{uid}, QIDO queries).
+    (re.compile(r"(/(?:studies|series|instances)/)[0-9]+(?:\.[0-9]+)+"), r"\1[uid]"),
+    (re.compile(r"([?&;](?:StudyInstanceUID|SeriesInstanceUID|SOPInstanceUID|PatientID"
+                r"|PatientName)=)[^&\s\"'#]+", re.IGNORECASE), r"\1[redacted]"),
 ]
 # Attributes every LogRecord has: everything else on a record is a field passed with `extra`.
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime",
@@ -78,7 +83,7 @@ def log_context(**fields: Any) -> Iterator[None]:
         _fields.reset(token)
 
 
-class _ContextFilter(logging.Filter):
+class ContextFilter(logging.Filter):
     """Adds the request id and the bound fields to each record and masks credentials in its
     message. Installed on handlers, so it sees records from every logger, Celery's and
     uvicorn's included."""
@@ -98,7 +103,7 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-_FILTER = _ContextFilter()
+_FILTER = ContextFilter()
 _OURS = "_neuroscan_handler"
 
 

@@ -5,7 +5,9 @@ for that scan, with its scan and batch ids; signed media links and API keys neve
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from shared.logs import valid_request_id
+from shared.logs import ContextFilter, JsonFormatter, log_context, redact, valid_request_id
 from tests.support.images import brain_png
 from tests.support.stack import (
     LiveStack,
@@ -26,8 +28,6 @@ from tests.support.stack import (
     wait_for_batch,
     wait_for_scan,
 )
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,7 @@ def _wait_for_line(path: Path, match: Any, timeout_s: float = 30.0) -> list[dict
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_request_id_follows_a_scan_into_the_worker(stack: LiveStack,
                                                    api: tuple[str, Path]) -> None:
     url, _ = api
@@ -122,6 +123,7 @@ def test_request_id_follows_a_scan_into_the_worker(stack: LiveStack,
         assert [(x["request_id"], x["batch_id"]) for x in lines] == [(batch_request, batch_id)]
 
 
+@pytest.mark.slow
 def test_access_log_has_request_ids_and_no_signatures_or_keys(stack: LiveStack,
                                                               api: tuple[str, Path]) -> None:
     url, api_log = api
@@ -153,3 +155,47 @@ def test_access_log_has_request_ids_and_no_signatures_or_keys(stack: LiveStack,
         text = log.read_text(errors="replace")
         assert signature not in text, log.name
         assert stack.api_key not in text, log.name
+
+
+@pytest.mark.parametrize(("line", "secret"), [
+    ('GET /media/results/a.png?expires=1&sig=c2lnbmF0dXJl HTTP/1.1', "c2lnbmF0dXJl"),
+    ("hook https://ris.example.org/cb?token=t0k3n&x=1", "t0k3n"),
+    ("key nsk_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "AbCdEfGhIjKlMnOpQrSt"),
+    ("Authorization: Bearer abc.def.ghi", "abc.def.ghi"),
+    ("Connected to redis://:hunter2@redis:6379/0", "hunter2"),
+    ("https://res.cloudinary.com/c/image/upload/s--Ab1_-x--/v1/a.png", "Ab1_-x"),
+    ("POST /dicomweb/studies/1.2.840.113619.2.55 HTTP/1.1", "1.2.840.113619"),
+    ("GET /qido/studies?StudyInstanceUID=1.2.3.4", "1.2.3.4"),
+])
+def test_redact_masks_credentials_and_study_uids(line: str, secret: str) -> None:
+    assert secret not in redact(line) and redact(line) != line
+
+
+def test_plain_lines_and_ids_are_left_alone() -> None:
+    line = "GET /v1/scans/0b6c8d9e-1234-4abc-8def-000000000000?state=failed&page=2 200"
+    assert redact(line) == line
+    assert valid_request_id("req-1.2:abc@host/x+y=") and valid_request_id("a" * 64)
+    assert not any(valid_request_id(v) for v in ("", "a" * 65, "a b", 'x"y', "a\nb"))
+
+
+def test_json_lines_carry_bound_and_extra_fields() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("tests.logs.json")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with log_context(scan_ids=["s1", "s2"]):
+            logger.info("link %s", "/media/a.png?sig=zzz", extra={"scan_id": "s1"})
+        logger.info("outside")
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["message"] == "link /media/a.png?sig=[redacted]"
+    assert first["scan_id"] == "s1" and first["scan_ids"] == ["s1", "s2"]
+    assert first["level"] == "INFO" and first["request_id"] is None
+    assert first["logger"] == "tests.logs.json" and first["time"].endswith("+00:00")
+    assert "scan_ids" not in second and second["message"] == "outside"
