@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.dicom_models import DicomInstance, DicomSeries
@@ -516,6 +517,31 @@ def _series_row(record: dict[str, Any], tenant_id: str) -> DicomSeries:
     return DicomSeries(**values)
 
 
+def _insert_scan(url: str, tenant_id: str, result: dict[str, Any], entry: dict[str, Any],
+                 refs: dict[str, str], batch: dict[str, Any] | None) -> str | None:
+    """The scan's row, its batch if new and one final-state event (event streams of the scan
+    and its batch end), in one transaction. Returns the batch id when the batch was made
+    without a record of its own (format 1), for its total to be counted afterwards."""
+    made = None
+    with sync_session(url) as session:
+        batch_id = result.get("batch_id")
+        if batch_id and session.get(Batch, batch_id) is None:
+            known = batch or {}
+            session.add(Batch(id=batch_id, tenant_id=tenant_id,
+                              created_at=_when(known.get("created_at"))
+                              or _when(result["created_at"]),
+                              total=int(known.get("total") or 0),
+                              finished_at=_when(known.get("finished_at"))))
+            session.flush()
+            made = None if known else batch_id
+        row = _scan_row(result, entry, tenant_id, refs)
+        session.add(row)
+        session.flush()
+        session.add(ScanEvent(tenant_id=tenant_id, scan_id=row.id, batch_id=batch_id,
+                              state=row.state, created_at=row.finished_at or utcnow()))
+    return made
+
+
 def import_tenant(tenant_name: str, src: Path, settings: Settings | None = None,
                   storage: Storage | None = None,
                   progress: Callable[[str, bool], None] | None = None) -> ImportReport:
@@ -538,18 +564,18 @@ def _import(manifest: dict[str, Any], source: _Source, tenant_name: str, store: 
     scans: dict[str, Any] = manifest.get("scans", {})
     series: dict[str, Any] = manifest.get("series", {})
     batches: dict[str, Any] = manifest.get("batches", {})
-    with sync_session(url) as session:
+    with sync_session(url) as session:  # a refusal rolls back: not even the tenant is made
         tenant_id = get_or_create_tenant(session, tenant_name).id
         scan_owner = _owners(session, ScanResult, ScanResult.id, list(scans))
         batch_owner = _owners(session, Batch, Batch.id, list(batches))
         series_owner = _owners(session, DicomSeries, DicomSeries.id, list(series))
-    foreign = sorted(f"{kind} {ident}" for kind, owners in (
-        ("scan", scan_owner), ("batch", batch_owner), ("series", series_owner))
-        for ident, owner in owners.items() if owner != tenant_id)
-    if foreign:
-        raise ExportError(f"{len(foreign)} record(s) of this export belong to another tenant in "
-                          f"this database (first: {foreign[0]}); import into that tenant or "
-                          "into another database. Nothing was imported.")
+        foreign = sorted(f"{kind} {ident}" for kind, owners in (
+            ("scan", scan_owner), ("batch", batch_owner), ("series", series_owner))
+            for ident, owner in owners.items() if owner != tenant_id)
+        if foreign:
+            raise ExportError(f"{len(foreign)} record(s) of this export belong to another tenant "
+                              f"in this database (first: {foreign[0]}); import into that tenant "
+                              "or into another database. Nothing was imported.")
     report = ImportReport(total=len(scans))
     made_batches: set[str] = set()
     for scan_id, entry in scans.items():
@@ -567,24 +593,19 @@ def _import(manifest: dict[str, Any], source: _Source, tenant_name: str, store: 
                               f"{scan_id}.")
         # Bytes first, the row second: a row never names an object that is not there yet.
         refs = _restore_images(store, scan_id, result["format"], list(entry["files"]), source)
-        with sync_session(url) as session:
-            batch_id = result.get("batch_id")
-            if batch_id and session.get(Batch, batch_id) is None:
-                known = batches.get(batch_id) or {}
-                session.add(Batch(id=batch_id, tenant_id=tenant_id,
-                                  created_at=_when(known.get("created_at"))
-                                  or _when(result["created_at"]),
-                                  total=int(known.get("total") or 0),
-                                  finished_at=_when(known.get("finished_at"))))
-                session.flush()
-                if not known:
-                    made_batches.add(batch_id)
-            row = _scan_row(result, entry, tenant_id, refs)
-            session.add(row)
-            session.flush()
-            # One event, the final state: event streams of the scan and its batch end.
-            session.add(ScanEvent(tenant_id=tenant_id, scan_id=scan_id, batch_id=batch_id,
-                                  state=row.state, created_at=row.finished_at or utcnow()))
+        try:
+            made = _insert_scan(url, tenant_id, result, entry, refs, batches.get(
+                result.get("batch_id") or ""))
+        except IntegrityError:
+            # Another import of the same export got there first: the row is its.
+            with _reading(url) as session:
+                if session.scalar(select(ScanResult.tenant_id).where(
+                        ScanResult.id == scan_id)) != tenant_id:
+                    raise
+            report.skipped += 1
+            continue
+        if made:
+            made_batches.add(made)
         report.imported += 1
         if progress:
             progress(scan_id, True)

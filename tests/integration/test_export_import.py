@@ -334,3 +334,29 @@ def test_api_export_zip_is_the_tenants_own_and_reimports(stack: LiveStack, sourc
     imported = _cli(target.env, "import", "--tenant", TARGET, "--from", str(zipped))
     assert imported.returncode == 0, imported.stderr
     assert _snapshot(target.settings, TARGET) == _snapshot(source.settings, SOURCE)
+
+
+def test_format_1_export_and_another_tenants_ids(stack: LiveStack, source: Source,
+                                                 target: Target, tmp_path: Path) -> None:
+    """An export written before format 2 (no batches, series or frames in the manifest)
+    imports as the same scans, its batches rebuilt from their scans; an export whose scans
+    belong to another tenant here is refused, and not even the tenant is made."""
+    out = tmp_path / "export"
+    export_tenant(SOURCE, out, source.settings)
+    manifest = json.loads((out / MANIFEST).read_text())
+    old = {**manifest, "format": 1,
+           "scans": {i: {k: v for k, v in e.items() if k != "frame"}
+                     for i, e in manifest["scans"].items()}}
+    del old["batches"], old["series"]
+    (out / MANIFEST).write_text(json.dumps(old))
+    report = import_tenant(TARGET, out, target.settings)
+    assert (report.imported, report.series_imported) == (7, 0)
+    before, after = _snapshot(source.settings, SOURCE), _snapshot(target.settings, TARGET)
+    assert after["scans"] == before["scans"]
+    assert {i: total for i, (total, _) in after["batches"].items()} == {
+        i: total for i, (total, _) in before["batches"].items()}
+
+    with pytest.raises(ExportError, match="belong to another tenant"):
+        import_tenant("someone-else", out, target.settings)
+    with sync_session(target.settings.sync_database_url) as session:
+        assert session.scalar(select(Tenant.id).where(Tenant.name == "someone-else")) is None
