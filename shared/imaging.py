@@ -94,8 +94,12 @@ def decode_image(data: bytes, *, frame: int | None = None,
                  max_side: int | None = None) -> DecodedImage:
     """Bytes -> DecodedImage, or InputError with a precise code.
 
-    With `max_side` (0 or None: full size), an image longer than that is shrunk (aspect kept,
-    antialiased) while it is decoded, in bounded memory; `source_size` keeps its own size."""
+    An image longer than `max_side` (default DECODE_MAX_SIDE; 0: full size) is shrunk
+    (aspect kept, antialiased) while it is decoded, in bounded memory; `source_size` keeps its
+    own size. The default makes the worker, `predict`, training and evaluation see the same
+    pixels (one preprocessing path)."""
+    if max_side is None:
+        max_side = get_settings().decode_max_side
     if not data:
         raise InputError("The file is empty.", code=errors.EMPTY_FILE)
     fmt = sniff_format(data)

@@ -91,7 +91,7 @@ def test_png_shrunk_while_decoding_is_the_same_picture(mode: str) -> None:
 def test_jpeg_is_decoded_at_a_reduced_scale() -> None:
     data = encode(np.asarray(Image.fromarray(brain_slice(4, size=512)).resize((2048, 2048))),
                   "JPEG", quality=90)
-    full = decode_image(data)
+    full = decode_image(data, max_side=0)
     small = decode_image(data, max_side=256)
     assert small.pixels.shape == (256, 256) and small.source_size == (2048, 2048)
     assert small.meta["mode"] == "L"
@@ -161,7 +161,8 @@ def _chunked_png(raw: bytes, width: int, height: int, colour: int = 0) -> bytes:
 def test_dicom_is_shrunk_before_any_float_conversion() -> None:
     pixels = np.kron(brain_like(96), np.ones((10, 20)))  # 960 rows x 1920 columns
     data = to_bytes(mr_dataset(pixels))
-    full = decode_image(data)
+    full = decode_image(data, max_side=0)
+    assert decode_image(data).pixels.shape == (512, 1024)  # DECODE_MAX_SIDE by default
     small = decode_image(data, max_side=480)
     assert full.pixels.shape == (960, 1920) and small.pixels.shape == (240, 480)
     assert small.source_size == (1920, 960) and small.meta["frames"] == 1
