@@ -145,9 +145,12 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_on_signal)
     # The model worker (interactive before bulk) and, apart from it, the webhook sender
     # without the model: a slow receiver never holds up a scan.
+    # WORKER_METRICS_PORT is the model worker's; the webhook sender shares its host and
+    # serves none (the queue depths it would report are the model worker's too).
     workers = [_SupervisedWorker(_worker_argv("solo", 1, "neuroscan@%h", MODEL_QUEUES)),
                _SupervisedWorker(_worker_argv("threads", WEBHOOK_THREADS, "webhooks@%h",
-                                              WEBHOOK_QUEUES))]
+                                              WEBHOOK_QUEUES),
+                                 env={**os.environ, "WORKER_METRICS_PORT": "0"})]
     try:
         for worker in workers:
             worker.start()
@@ -171,14 +174,14 @@ class _SupervisedWorker:
 
     RESTART_DELAY_S = 2.0
 
-    def __init__(self, argv: list[str]) -> None:
-        self._argv = argv
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self._argv, self._env = argv, env
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(self._argv)
+        self._proc = subprocess.Popen(self._argv, env=self._env)
         threading.Thread(target=self._watch, name="worker-supervisor", daemon=True).start()
 
     def _watch(self) -> None:
@@ -193,7 +196,7 @@ class _SupervisedWorker:
             with self._lock:
                 if self._stopping.is_set():
                     return
-                self._proc = subprocess.Popen(self._argv)
+                self._proc = subprocess.Popen(self._argv, env=self._env)
 
     def stop(self) -> None:
         with self._lock:
