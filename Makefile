@@ -52,6 +52,8 @@ bench-all: bench
 	$(PY) -m bench.pipeline_throughput
 	$(PY) -m bench.train_throughput
 	$(PY) -m bench.load
+	$(PY) -m bench.huge_images
+	$(PY) -m bench.hostile_rss
 
 chaos: venv
 	scripts/ensure_services.sh
