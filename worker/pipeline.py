@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
 from shared.db.session import sync_session
-from shared.errors import InputError
+from shared.errors import UNDECODABLE, InputError
 from shared.events import transition
 from shared.imaging import BROWSER_FORMATS, MEDIA_TYPES, DecodedImage, decode_image, to_png_bytes
 from shared.lifecycle import settle_results
@@ -152,13 +152,20 @@ def claim_queued(session: Session, limit: int, owner: str, lease_s: float,
 
 
 def _decode(items: Sequence[Claimed]) -> tuple[list[tuple[Claimed, DecodedImage]], list[Outcome]]:
+    max_side = get_settings().decode_max_side  # bounded memory whatever the upload's size
+
     def one(item: Claimed) -> DecodedImage | InputError:
         try:
             return decode_image(item.data, frame=item.frame, max_side=max_side)
         except InputError as exc:  # permanent: the same bytes will never decode
             return exc
-    max_side = get_settings().decode_max_side  # bounded memory whatever the upload's size
-
+        except MemoryError:
+            raise  # the machine's state, not the file's: the batch is retried
+        except Exception as exc:  # a decoder's own bug on this file fails this scan alone
+            log.warning("scan %s: unexpected %s while decoding", item.scan_id,
+                        type(exc).__name__, exc_info=True)
+            return InputError(f"The image could not be decoded ({type(exc).__name__}).",
+                              code=UNDECODABLE)
 
     decoded, failed = [], []
     for item, image in zip(items, parallel_map(one, items), strict=True):
