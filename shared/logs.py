@@ -40,15 +40,15 @@ _fields: ContextVar[dict[str, Any] | None] = ContextVar("neuroscan_log_fields", 
 _SECRETS = [
     # ?sig=..., &token=...: signed links and tokens in query strings.
     (re.compile(r"([?&;](?:sig|signature|token|access_token|api_key|apikey|key|secret|password"
-                r"|x-amz-signature|x-amz-credential)=)[^&\s\"'#]+", re.IGNORECASE), r"\1[redacted]"),
+                r"|x-amz-signature|x-amz-credential)=)[^&\s\"'#\\]+", re.IGNORECASE), r"\1[redacted]"),
     (re.compile(r"\bnsk_[A-Za-z0-9_-]{8,}"), "nsk_[redacted]"),  # our API keys
     (re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1[redacted]"),
-    (re.compile(r"(://[^:/\s@]*:)[^@\s/]+@"), r"\1[redacted]@"),  # scheme://user:password@
+    (re.compile(r"(://[^:/\s@\"\\]*:)[^@\s/\"\\]+@"), r"\1[redacted]@"),  # scheme://user:password@
     (re.compile(r"/s--[A-Za-z0-9_-]+--/"), "/s--[redacted]--/"),  # Cloudinary signed delivery
     # DICOM UIDs name the original study (STOW-RS /dicomweb/studies/{uid}, QIDO queries).
     (re.compile(r"(/(?:studies|series|instances)/)[0-9]+(?:\.[0-9]+)+"), r"\1[uid]"),
     (re.compile(r"([?&;](?:StudyInstanceUID|SeriesInstanceUID|SOPInstanceUID|PatientID"
-                r"|PatientName)=)[^&\s\"'#]+", re.IGNORECASE), r"\1[redacted]"),
+                r"|PatientName)=)[^&\s\"'#\\]+", re.IGNORECASE), r"\1[redacted]"),
 ]
 # Attributes every LogRecord has: everything else on a record is a field passed with `extra`.
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime",
@@ -116,7 +116,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None),
         }
         if record.name == "uvicorn.access" and isinstance(record.args, tuple) \
@@ -127,10 +127,11 @@ class JsonFormatter(logging.Formatter):
             if name not in _RECORD_ATTRS and name not in line and not name.startswith("_"):
                 line[name] = value
         if record.exc_info:
-            line["exception"] = redact(self.formatException(record.exc_info))
+            line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
-            line["exception"] = redact(record.exc_text)
-        return json.dumps(line, default=str, ensure_ascii=False)
+            line["exception"] = record.exc_text
+        # Masked as a whole: fields passed with `extra` (Celery's task data, tracebacks) too.
+        return redact(json.dumps(line, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):

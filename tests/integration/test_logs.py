@@ -189,12 +189,15 @@ def test_json_lines_carry_bound_and_extra_fields() -> None:
     logger.propagate = False
     try:
         with log_context(scan_ids=["s1", "s2"]):
-            logger.info("link %s", "/media/a.png?sig=zzz", extra={"scan_id": "s1"})
+            logger.info("link %s", "/media/a.png?sig=zzz", extra={
+                "scan_id": "s1", "data": {"traceback": 'GET "/m.png?sig=yyy" redis://:pw@r'}})
         logger.info("outside")
     finally:
         logger.removeHandler(handler)
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert first["message"] == "link /media/a.png?sig=[redacted]"
+    # Fields passed with `extra` (Celery's task data, tracebacks) are masked too.
+    assert first["data"]["traceback"] == 'GET "/m.png?sig=[redacted]" redis://:[redacted]@r'
     assert first["scan_id"] == "s1" and first["scan_ids"] == ["s1", "s2"]
     assert first["level"] == "INFO" and first["request_id"] is None
     assert first["logger"] == "tests.logs.json" and first["time"].endswith("+00:00")
