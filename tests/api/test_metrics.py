@@ -1,4 +1,5 @@
-"""`GET /metrics`: Prometheus text with request counts and latency by route template."""
+"""`GET /metrics`: Prometheus text with request counts and latency by route template; and the
+X-Request-ID every answer carries."""
 
 from __future__ import annotations
 
@@ -36,3 +37,19 @@ async def test_metrics_count_requests_by_route_template(root: Path) -> None:
     assert 'http_requests_total{handler="/healthz",method="GET",status="2xx"} 1.0' in text
     assert "0b6c8d9e" not in text
     assert "http_request_duration_seconds_bucket" in text
+
+
+async def test_every_answer_carries_a_request_id(root: Path) -> None:
+    """X-Request-ID: the caller's when it is a plain token, else a new one; on 401s too."""
+    from api.main import create_app
+
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        mine = await client.get("/healthz", headers={"X-Request-ID": "ris-42.7"})
+        refused = await client.get("/v1/me", headers={"X-Request-ID": "ris-43"})
+        made = await client.get("/metrics")
+        forged = await client.get("/healthz", headers={"X-Request-ID": "a\tb"})
+    assert mine.headers["x-request-id"] == "ris-42.7"
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "ris-43"
+    assert len(made.headers["x-request-id"]) == 32  # made here: a UUID4 in hex
+    assert forged.headers["x-request-id"] not in ("a\tb", made.headers["x-request-id"])
