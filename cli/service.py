@@ -164,6 +164,9 @@ def serve(
     except SystemExit:
         pass
     finally:
+        # Both get SIGTERM at once, then are waited for: shutdown takes the slower's time.
+        for worker in workers:
+            worker.terminate()
         for worker in workers:
             worker.stop()
 
@@ -198,13 +201,20 @@ class _SupervisedWorker:
                     return
                 self._proc = subprocess.Popen(self._argv, env=self._env)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM (Celery's warm shutdown), and no restart from now on."""
         with self._lock:
             self._stopping.set()
             proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        with self._lock:
+            proc = self._proc
         if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

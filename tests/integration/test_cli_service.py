@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def _start_serve(cwd: Path, port: int, model_dir: Path) -> tuple[subprocess.Pope
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if match := re.search(r"API key \(tenant 'local'\): (nsk_\S+)", line):
+            # Keep reading: serve and its two workers log to this pipe, and a full pipe would
+            # block them (a SIGTERM then goes unanswered).
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, match.group(1)
         assert line or proc.poll() is None, "serve exited early"
     raise TimeoutError("serve printed no key")
