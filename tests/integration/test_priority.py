@@ -1,10 +1,10 @@
 """Urgent work first: one scan uploaded behind a 1,000-scan batch is final in seconds.
 
-Through the real API and a real Celery worker on Redis and PostgreSQL: a 1,000-file batch
-goes to the bulk queue, then one scan to the interactive queue. The worker (prefetch 1, queues
-checked interactive first, shared/queue.py) takes the single scan as soon as the batch it has
-in hand is done, while most of the 1,000 are still queued. The figures are printed as a
-`PRIORITY ...` line.
+Through the real API and a real Celery worker (on Redis and PostgreSQL, and on the embedded
+SQLite broker and database): a 1,000-file batch goes to the bulk queue, then one scan to the
+interactive queue. The worker (prefetch 1, queues checked interactive first, shared/queue.py)
+takes the single scan as soon as the model pass it has in hand is done, while most of the
+1,000 are still queued. The figures are printed as a `PRIORITY ...` line.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ BULK = 1000
 INTERACTIVE_GOAL_S = 10.0  # "finished in seconds", with margin for two busy shared cores
 
 
-@pytest.fixture(scope="module")
-def stack(live_stack: Callable[..., LiveStack]) -> LiveStack:
-    return live_stack("pg", port_range=(19650, 19699), tenant="priority-hospital")
+@pytest.fixture(scope="module", params=["pg", "embedded"])
+def stack(request: pytest.FixtureRequest, live_stack: Callable[..., LiveStack]) -> LiveStack:
+    """Redis and PostgreSQL (compose), and the SQLite broker and database (`make run`)."""
+    return live_stack(request.param, port_range=(19650, 19699), tenant="priority-hospital")
 
 
 def _counts(client: httpx.Client, batch_id: str) -> dict[str, int]:
@@ -61,7 +62,7 @@ def test_single_scan_overtakes_a_thousand_scan_batch(stack: LiveStack) -> None:
         latency_s = time.monotonic() - t1
         after = _counts(client, batch_id)
         print("PRIORITY " + json.dumps({
-            "bulk_scans": BULK, "bulk_upload_s": round(upload_s, 2),
+            "stack": stack.backend, "bulk_scans": BULK, "bulk_upload_s": round(upload_s, 2),
             "bulk_counts_when_single_sent": before, "single_final_s": round(latency_s, 2),
             "single_state": body["state"], "single_queue_s": body.get("timings", {}).get("queue_s"),
             "bulk_counts_when_single_final": after}))
