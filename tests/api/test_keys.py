@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +25,7 @@ from shared.db.session import sync_session
 from shared.db.tenants import KEY_PREFIX, issue_key, parse_duration
 from shared.settings import get_settings
 from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify
+from tests.support.asgi import post_chunks
 from tests.support.inprocess import settings_env
 from tests.support.stack import create_pg_database, drop_pg_database
 
@@ -154,32 +154,6 @@ def test_default_lifetime_comes_from_the_settings(database: str) -> None:
         parse_duration("soon")
 
 
-async def _asgi(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
-                ) -> tuple[int, int]:
-    """Drive the app by hand: (status, body chunks it pulled)."""
-    pulled = 0
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal pulled
-        if pulled < len(chunks):
-            pulled += 1
-            return {"type": "http.request", "body": chunks[pulled - 1],
-                    "more_body": pulled < len(chunks)}
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/scans", "raw_path": b"/v1/scans",
-             "query_string": b"", "headers": headers, "http_version": "1.1", "scheme": "http",
-             "server": ("testserver", 80), "client": ("127.0.0.1", 1234), "root_path": ""}
-    await app(scope, receive, send)
-    return status, pulled
-
-
 async def test_expired_and_revoked_keys_are_refused_before_the_body(database: str) -> None:
     from api.main import create_app
 
@@ -191,7 +165,7 @@ async def test_expired_and_revoked_keys_are_refused_before_the_body(database: st
     for key in (expired, revoked):
         headers = [(b"authorization", f"Bearer {key}".encode()),
                    (b"content-type", b"multipart/form-data; boundary=x")]
-        assert await _asgi(app, headers, [b"x" * 65536] * 8) == (401, 0)
+        assert await post_chunks(app, headers, [b"x" * 65536] * 8) == (401, 0)
 
 
 def test_each_tenant_signs_webhooks_with_its_own_secret(database: str) -> None:

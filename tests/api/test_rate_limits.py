@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +27,7 @@ import redis
 from shared.db.migrate import upgrade_to_head
 from shared.db.session import create_sync_db_engine
 from shared.settings import _with_driver
+from tests.support.asgi import post_chunks
 from tests.support.images import brain_png
 from tests.support.inprocess import settings_env
 from tests.support.stack import REDIS_BASE_URL
@@ -272,34 +272,9 @@ async def test_over_budget_uploads_are_refused_before_the_body(tmp_path: Path) -
         app = create_app()
         headers = [(b"authorization", f"Bearer {key}".encode()),
                    (b"content-type", b"multipart/form-data; boundary=x")]
-        first, _ = await _drive(app, headers, [b"--x--\r\n"])  # spends the budget of one
+        first, _ = await post_chunks(app, headers, [b"--x--\r\n"])  # spends the budget of one
         assert 400 <= first < 500 and first != 429
-        assert await _drive(app, headers, [b"x" * 65536] * 8) == (429, 0)
-
-
-async def _drive(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
-                 ) -> tuple[int, int]:
-    pulled = 0
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal pulled
-        if pulled < len(chunks):
-            pulled += 1
-            return {"type": "http.request", "body": chunks[pulled - 1],
-                    "more_body": pulled < len(chunks)}
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/scans", "raw_path": b"/v1/scans",
-             "query_string": b"", "headers": headers, "http_version": "1.1", "scheme": "http",
-             "server": ("testserver", 80), "client": ("127.0.0.1", 1234), "root_path": ""}
-    await app(scope, receive, send)
-    return status, pulled
+        assert await post_chunks(app, headers, [b"x" * 65536] * 8) == (429, 0)
 
 
 async def test_an_unreachable_redis_opens_the_door_instead_of_closing_it() -> None:
