@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     # Pixels (width x height, read from the header before anything is decoded) an upload may
     # have; the default allows every image `max_image_side` allows.
     max_image_pixels: int = Field(default=8192 * 8192, ge=64 * 64)
+    # The worker decodes an image at most this many pixels on its longer side, shrinking it
+    # while decoding (JPEG at 1/2..1/8 scale, PNG and DICOM in their 8/16-bit form): the model
+    # reads 128 px and the overlay 1024. Heatmap, overlay and preview are drawn in that frame.
+    # 0 decodes at full size (the unbounded path before issue 13, kept for comparison).
+    decode_max_side: int = Field(default=1024, ge=0)
+    # Decoded pixels (native 8/16-bit, before shrinking) that decodes in one process may hold
+    # at once; a larger image waits until it can decode alone.
+    decode_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
 
     # --- storage ----------------------------------------------------------------------
     # Cloudinary credentials, as one URL (cloudinary://KEY:SECRET@CLOUD) or three names;
@@ -101,14 +109,6 @@ class Settings(BaseSettings):
     # 0.5, 1, 2... s apart, before the task's own retry (README, "Guarantees").
     storage_timeout_s: float = Field(default=60.0, gt=0.0)
     storage_max_attempts: int = Field(default=4, ge=1, le=10)
-    # The worker decodes an image at most this many pixels on its longer side, shrinking it
-    # while decoding (JPEG at 1/2..1/8 scale, PNG and DICOM in their 8/16-bit form): the model
-    # reads 128 px and the overlay 1024. Heatmap, overlay and preview are drawn in that frame.
-    # 0 decodes at full size (the unbounded path before issue 13, kept for comparison).
-    decode_max_side: int = Field(default=1024, ge=0)
-    # Decoded pixels (native 8/16-bit, before shrinking) that decodes in one process may hold
-    # at once; a larger image waits until it can decode alone.
-    decode_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     media_dir: Path = Path("./var/media")  # local image storage (one host only)
     signed_url_ttl_s: int = Field(default=3600, ge=60)  # lifetime of image links, seconds
     # How many hosts run the API or workers against this database and broker. Above 1, images
@@ -154,10 +154,12 @@ class Settings(BaseSettings):
     # A ZIP batch: the most bytes its members may expand to, all together (zip bombs).
     max_archive_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
 
-    # An image's smallest and largest side in pixels, and its widest aspect ratio.
+    # An image's smallest and largest side in pixels, and its widest aspect ratio (MRI slices
+    # are close to square; the intake refuses wider ones at the door and the worker's gate
+    # uses the same limit, so nothing accepted fails on it later).
     min_image_side: int = Field(default=64, ge=8)
     max_image_side: int = Field(default=8192, ge=64)
-    max_aspect_ratio: float = Field(default=4.0, ge=1.0)
+    max_aspect_ratio: float = Field(default=2.0, ge=1.0)
 
     # --- DICOM and de-identification ----------------------------------------------------
     allowed_modalities: list[str] = ["MR"]  # DICOM Modality values accepted

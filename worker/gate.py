@@ -12,7 +12,8 @@ First the DICOM header (`shared.anatomy`): a file whose header names another bod
 field and the term it said; an empty or unrecognised header is no evidence either way.
 
 Then the image rules, in order (the first that fires gives the reason):
-1. aspect ratio above 2:1 — slices are close to square;
+1. aspect ratio above MAX_ASPECT_RATIO (2:1 by default, the intake's limit too) — slices are
+   close to square;
 2. colour — more than 5% of pixels clearly chromatic (MRI is grayscale; a small coloured
    annotation is tolerated);
 3. blank or nearly constant — intensity standard deviation below 0.05;
@@ -36,10 +37,10 @@ import numpy as np
 
 from shared.imaging import DecodedImage
 from shared.preprocessing import scale_intensity, to_grayscale
+from shared.settings import get_settings
 
 GateCode = Literal["ok", "not_brain_mri"]
 
-MAX_ASPECT = 2.0
 MAX_CHROMATIC_FRACTION = 0.05
 CHROMA_LEVEL = 0.10  # max-min over RGB above this counts as clearly coloured
 MIN_STD = 0.05
@@ -106,7 +107,7 @@ def assess(decoded: DecodedImage) -> GateOutcome:
         return GateOutcome(False, "not_brain_mri",
                            f"{header['reason']}: not a brain MRI.", s, header=dict(header))
     rules = [
-        (s["aspect_ratio"] > MAX_ASPECT,
+        (s["aspect_ratio"] > get_settings().max_aspect_ratio,
          f"The image is {s['aspect_ratio']:.1f} times longer than wide; MRI slices are close to square."),
         (s["chromatic_fraction"] > MAX_CHROMATIC_FRACTION,
          "The image is in colour (a photograph or a rendering); MRI slices are grayscale."),

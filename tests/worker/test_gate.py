@@ -78,3 +78,25 @@ def test_scores_are_reported() -> None:
     assert set(outcome.scores) >= {"aspect_ratio", "std", "neighbour_correlation", "dark_border"}
     assert all(np.isfinite(v) for v in outcome.scores.values())
     assert outcome.to_dict()["accepted"] is True
+
+
+@pytest.mark.parametrize("width", [390, 600, 900])  # 1.95:1, 3:1, 4.5:1 on a 200-pixel side
+def test_shape_is_judged_once_at_the_door(width: int) -> None:
+    """The intake and the gate share MAX_ASPECT_RATIO: what the door lets in, the gate never
+    refuses for its shape, and what the gate would refuse never gets past the door."""
+    from shared import errors
+    from shared.errors import InputError
+    from shared.imaging import decode_and_check
+
+    image, _, _ = render_sample(sample_rng(11, 0), "glioma", 256)
+    wide = np.asarray(Image.fromarray(image).resize((width, 200)))
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, "PNG")
+    if width / 200 <= 2.0:
+        assert decode_and_check(buf.getvalue()).source_size == (width, 200)
+        assert "longer than wide" not in assess(_png(wide)).reason
+    else:
+        with pytest.raises(InputError) as refused:
+            decode_and_check(buf.getvalue())
+        assert refused.value.code == errors.BAD_ASPECT_RATIO
+        assert "longer than wide" in assess(_png(wide)).reason
