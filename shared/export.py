@@ -59,9 +59,9 @@ from shared.db.tenants import get_or_create_tenant
 from shared.fhir import scan_to_fhir
 from shared.imaging import MEDIA_TYPES
 from shared.lifecycle import audit, derived_assets, original_asset
-from shared.reports.card import read_model_card
 from shared.reports.pdf import render_scan_report
 from shared.reports.preview import preview_png
+from shared.reports.wording import read_model_card
 from shared.schemas import scan_out
 from shared.settings import Settings, get_settings
 from shared.states import JobState

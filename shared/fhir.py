@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.labels import CLASSES, DISPLAY_NAMES
-from shared.reports.card import DISCLAIMER, confidence_band
+from shared.reports.wording import DISCLAIMER, as_plain_dict, confidence_band
 
 FHIR_MEDIA_TYPE = "application/fhir+json; fhirVersion=4.0"
 PATIENT_REF_SYSTEM = "urn:neuroscan:patient-ref"
@@ -27,12 +27,6 @@ MODEL_HASH_SYSTEM = "urn:neuroscan:model-sha256"
 CLASS_SYSTEM = "urn:neuroscan:class"
 _STATUS = {"queued": "registered", "processing": "partial", "succeeded": "final",
            "failed": "cancelled"}
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump()
-    return dict(obj)
 
 
 def _instant(value: Any) -> str | None:
@@ -53,7 +47,7 @@ def scan_to_fhir(scan: Any, *, base_url: str) -> dict[str, Any]:
     """The DiagnosticReport as JSON-ready dict, validated against the R4B model."""
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
-    s = _as_dict(scan)
+    s = as_plain_dict(scan)
     report = DiagnosticReport.model_validate(_build(s, base_url))
     return report.model_dump(mode="json", by_alias=True, exclude_none=True)
 

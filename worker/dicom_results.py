@@ -36,7 +36,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from shared.labels import CLASSES, DISPLAY_NAMES
-from shared.reports.card import DISCLAIMER
+from shared.reports.wording import DISCLAIMER
 
 # highdicom logs the UIDs of the datasets it copies from at INFO: the original UIDs must
 # never reach a log.

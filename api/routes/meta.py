@@ -3,7 +3,7 @@ each is defined, so that no client keeps its own copy.
 
 - the classes in their order, with display names (`shared.labels`);
 - the job states and which are final (`shared.states.JobState`);
-- the confidence bands and the disclaimer (`shared.reports.card`, the reports' wording);
+- the confidence bands and the disclaimer (`shared.reports.wording`, the reports' wording);
 - which originals a browser can show, and which error codes mean the input gate refused the image.
 
 The web page gets the same object embedded in `/app` (`api.routes.web`), so it needs no
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from shared import errors
 from shared.imaging import BROWSER_FORMATS
 from shared.labels import CLASSES, DISPLAY_NAMES, TUMOUR_CLASSES
-from shared.reports.card import CONFIDENCE_BANDS, DISCLAIMER
+from shared.reports.wording import CONFIDENCE_BANDS, DISCLAIMER
 from shared.states import JobState
 
 router = APIRouter(prefix="/v1", tags=["meta"])

@@ -16,9 +16,9 @@ from shared.audit import shares_filenames_async
 from shared.db.models import ScanResult, ScanUpload
 from shared.db.session import release
 from shared.fhir import FHIR_MEDIA_TYPE, scan_to_fhir
-from shared.reports.card import read_model_card
 from shared.reports.pdf import render_batch_report, render_scan_report
 from shared.reports.preview import preview_png
+from shared.reports.wording import read_model_card
 from shared.schemas import ErrorResponse, batch_out, scan_out
 from shared.states import JobState
 from shared.storage import Storage

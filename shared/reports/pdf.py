@@ -23,7 +23,7 @@ from reportlab.lib.units import cm
 from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from shared.labels import CLASSES, DISPLAY_NAMES
-from shared.reports.card import DISCLAIMER, confidence_band, flat_metrics
+from shared.reports.wording import DISCLAIMER, as_plain_dict, confidence_band, flat_metrics
 
 _STYLES = getSampleStyleSheet()
 _WARN = ParagraphStyle("warn", parent=_STYLES["Normal"], textColor=colors.HexColor("#8a1c1c"),
@@ -34,12 +34,6 @@ _GRID = TableStyle([("FONTSIZE", (0, 0), (-1, -1), 8), ("VALIGN", (0, 0), (-1, -
                     ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
                     ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#f0f0f0"))])
 _BAND_COLOURS = {"High": "#1b6e20", "Review": "#a15c00", "Expert review required": "#8a1c1c"}
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump()
-    return dict(obj) if isinstance(obj, dict) else dict(vars(obj))
 
 
 def _text(value: Any) -> str:
@@ -106,7 +100,7 @@ def render_scan_report(scan: Any, original_png: bytes | None, overlay_png: bytes
                        model_card: dict[str, Any] | None, *,
                        include_filename: bool = False) -> bytes:
     """One scan as a PDF: result, images, probabilities, gate, model, references, disclaimer."""
-    s = _as_dict(scan)
+    s = as_plain_dict(scan)
     story: list[Any] = [Paragraph("NeuroScan — brain MRI AI triage report", _STYLES["Title"]),
                         _p(escape(DISCLAIMER), _WARN), Spacer(1, 0.3 * cm)]
     prediction, error = s.get("prediction") or None, s.get("error") or None
@@ -184,8 +178,8 @@ def _details_table(s: dict[str, Any], card: dict[str, Any] | None,
 def render_batch_report(batch: Any, scans: Sequence[Any], *,
                         include_filenames: bool = False) -> bytes:
     """A batch as a PDF: counts, then one row per scan."""
-    b = _as_dict(batch)
-    items = [_as_dict(x) for x in scans]
+    b = as_plain_dict(batch)
+    items = [as_plain_dict(x) for x in scans]
     counts: dict[str, int] = {}
     for item in items:
         counts[item.get("state", "?")] = counts.get(item.get("state", "?"), 0) + 1

@@ -11,8 +11,8 @@ from reportlab.lib.units import cm
 from reportlab.platypus import Paragraph, Spacer, Table, TableStyle
 
 from shared.labels import DISPLAY_NAMES
-from shared.reports.card import DISCLAIMER
 from shared.reports.pdf import _STYLES, _WARN, _bar_chart, _doc, _footer, _image, _p
+from shared.reports.wording import DISCLAIMER
 from shared.series import METHOD
 
 

@@ -10,7 +10,7 @@ import pytest
 from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.labels import CLASSES
-from shared.reports.card import DISCLAIMER, confidence_band
+from shared.reports.wording import DISCLAIMER, confidence_band
 from tests.support.inprocess import asgi_client, embedded_settings
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from shared.reports.card import DISCLAIMER
+from shared.reports.wording import DISCLAIMER
 from tests.support.inprocess import asgi_client, embedded_settings
 
 

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, Request, Route, expect
 
 from shared.labels import CLASSES, DISPLAY_NAMES
-from shared.reports.card import DISCLAIMER, confidence_band
+from shared.reports.wording import DISCLAIMER, confidence_band
 from tests.e2e.support import (
     PAGE_SIZE,
     drop_files,

@@ -19,7 +19,7 @@ from pydicom.uid import RLELossless
 from pypdf import PdfReader
 
 from cli.client import collect_files
-from shared.reports.card import DISCLAIMER
+from shared.reports.wording import DISCLAIMER
 from tests.hospital.dicomkit import jpeg_baseline, mr_dataset, planted_phi, to_bytes
 from tests.hospital.test_deid import HOSPITAL_ENV, PORTS
 from tests.support.images import brain_png, brain_slice

@@ -12,7 +12,7 @@ from fhir.resources.R4B.observation import Observation
 
 from shared.fhir import PATIENT_REF_SYSTEM, scan_to_fhir
 from shared.labels import CLASSES
-from shared.reports.card import DISCLAIMER
+from shared.reports.wording import DISCLAIMER
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PROBS = {"glioma": 0.81, "meningioma": 0.1, "notumor": 0.05, "pituitary": 0.04}

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
-from shared.reports.card import DISCLAIMER, confidence_band, flat_metrics
 from shared.reports.pdf import render_batch_report, render_scan_report
+from shared.reports.wording import DISCLAIMER, confidence_band, flat_metrics
 from tests.hospital.dicomkit import brain_like
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

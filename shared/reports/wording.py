@@ -1,8 +1,11 @@
-"""The model card as the API sees it: plain JSON beside the weights (never TensorFlow here)."""
+"""What every report (PDF, FHIR, DICOM SR, the web page) says around a result, in one place:
+the disclaimer, the confidence bands, and the model card's figures, read as plain JSON beside
+the weights (never TensorFlow here)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +57,10 @@ def confidence_band(confidence: float | None) -> str:
     if confidence is None:
         return "Not applicable"
     return next((name for _, lowest, name in CONFIDENCE_BANDS if confidence >= lowest), CONFIDENCE_BANDS[-1][2])
+
+
+def as_plain_dict(obj: Any) -> dict[str, Any]:
+    """A result as reports read it: a pydantic model, a mapping or a plain object's fields."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    return dict(obj) if isinstance(obj, Mapping) else dict(vars(obj))
