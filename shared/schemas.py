@@ -53,7 +53,7 @@ class ScanOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     id: str
-    state: str = Field(examples=["succeeded"])
+    state: JobState = Field(examples=[JobState.SUCCEEDED])
     filename: str | None = Field(default=None, examples=["case-0042.png"])
     format: str = Field(examples=["png"])
     size_bytes: int
@@ -84,7 +84,7 @@ class ScanOut(BaseModel):
 
 class ScanAccepted(BaseModel):
     id: str
-    status: str = Field(examples=["queued"])
+    state: JobState = Field(examples=[JobState.QUEUED])
     links: ScanLinks
 
 
@@ -101,7 +101,7 @@ class BatchLinks(BaseModel):
 
 class BatchAccepted(BaseModel):
     id: str
-    status: str = Field(examples=["queued"])
+    state: JobState = Field(examples=[JobState.QUEUED])
     scan_ids: list[str]
     rejected: list[RejectedFile] = []
     links: BatchLinks

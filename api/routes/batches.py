@@ -104,7 +104,7 @@ async def create_batch(
                     # Write this file now and let go of its bytes.
                     await session.flush()
                     session.expunge_all()
-                body = BatchAccepted(id=batch.id, status=JobState.QUEUED.value,
+                body = BatchAccepted(id=batch.id, state=JobState.QUEUED,
                                      scan_ids=scan_ids, rejected=rejected,
                                      links=batch_links(batch.id))
                 if key and print_:

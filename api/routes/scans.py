@@ -61,7 +61,7 @@ async def create_scan(
     try:
         async with async_write_session() as session:
             scan = intake.add_scan(session, tenant.id, accepted, callback_url=callback)
-            body = ScanAccepted(id=scan.id, status=JobState.QUEUED.value,
+            body = ScanAccepted(id=scan.id, state=JobState.QUEUED,
                                 links=scan_links(scan.id))
             if key:
                 await idempotency.remember(session, tenant.id, key, "scans", print_,

@@ -74,7 +74,7 @@ export class Uploads {
   async #sendOne(file, entry) {
     try {
       const accepted = await this.api.uploadOne(file);
-      this.#accepted(entry, accepted.id, null, accepted.status || accepted.state);
+      this.#accepted(entry, accepted.id, null, accepted.state);
       this.tracker.watch(`/v1/scans/${encodeURIComponent(accepted.id)}/events`, [accepted.id]);
     } catch (err) {
       this.#rejected(entry, err);

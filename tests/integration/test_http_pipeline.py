@@ -47,7 +47,7 @@ def _submit(client: httpx.Client, data: bytes, name: str = "slice.png", **form: 
                     data=form)
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["status"] == "queued" and body["links"]["self"] == f"/v1/scans/{body['id']}"
+    assert body["state"] == "queued" and "status" not in body and body["links"]["self"] == f"/v1/scans/{body['id']}"
     return body["id"]
 
 
