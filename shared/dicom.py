@@ -75,7 +75,9 @@ def _check_deflate_bomb(data: bytes, s: Settings) -> None:
     pending, total = data[start:], 0
     try:
         # A megabyte at a time, counted and dropped: measuring must not be the bomb.
-        while pending:
+        # Stop at the stream's end: bytes after it stay in `unconsumed_tail` for ever (a
+        # trailing pad byte made this loop spin without end, an API hang from one file).
+        while pending and not inflater.eof:
             total += len(inflater.decompress(pending, 1 << 20))
             if total > limit:
                 raise InputError(f"The deflated DICOM data expands beyond {limit} bytes.",
