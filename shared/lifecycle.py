@@ -25,7 +25,7 @@ from sqlalchemy import Delete, Select, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.dicom_models import DicomInstance, DicomSeries
-from shared.db.hospital_models import WebhookDelivery
+from shared.db.webhook_models import WebhookDelivery
 from shared.db.lifecycle_models import AuditEvent, TenantRetention
 from shared.db.models import Batch, ScanEvent, ScanResult, ScanUpload, Tenant, utcnow
 from shared.db.session import sync_session

@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.db.hospital_models import WebhookDelivery
+from shared.db.webhook_models import WebhookDelivery
 from shared.db.models import Batch, ScanResult, utcnow
 from shared.db.session import sync_session
 from shared.lifecycle import purge_once

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.audit import shares_filenames
-from shared.db.hospital_models import WebhookDelivery
+from shared.db.webhook_models import WebhookDelivery
 from shared.db.models import Batch, ScanResult, utcnow
 from shared.db.session import sync_session
 from shared.errors import InputError

@@ -25,7 +25,7 @@ from PIL import Image
 from shared.db.migrate import upgrade_to_head
 from shared.db.session import sync_session
 from shared.db.tenants import issue_key
-from tests.hospital.dicomkit import mr_dataset, to_bytes
+from tests.support.dicomkit import mr_dataset, to_bytes
 from tests.support.images import brain_jpeg, brain_png, encode
 from tests.support.inprocess import settings_env
 

@@ -532,7 +532,7 @@ def test_the_page_keeps_working_across_an_api_restart(
 @pytest.fixture(scope="module")
 def dicom_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-bit MR DICOM of a synthetic slice: browsers cannot show it as it is."""
-    from tests.hospital.dicomkit import mr_dataset, to_bytes
+    from tests.support.dicomkit import mr_dataset, to_bytes
 
     path = tmp_path_factory.mktemp("dicom") / "case-mr.dcm"
     path.write_bytes(to_bytes(mr_dataset(brain_slice(105, "glioma") / 255.0, bits=12)))

@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 from typer.testing import CliRunner
 
 from tests.conftest import TINY_MODEL_NAME
-from tests.hospital.dicomkit import mr_dataset, planted_phi, to_bytes
+from tests.support.dicomkit import mr_dataset, planted_phi, to_bytes
 from tests.support.stack import LiveStack, wait_for_scan
 
 pytestmark = pytest.mark.slow

@@ -64,7 +64,7 @@ def stow_series(client: httpx.Client, slices: int = 2, seed: int = 0) -> tuple[s
     series id and its scans' ids (in instance order)."""
     from pydicom.uid import generate_uid
 
-    from tests.hospital import dicomkit
+    from tests.support import dicomkit
 
     study, series_uid, parts = generate_uid(), generate_uid(), []
     for k in range(slices):

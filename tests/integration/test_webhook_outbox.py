@@ -24,18 +24,18 @@ import pytest
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.hospital_models import WebhookDelivery
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Batch, ScanResult, Tenant, utcnow
 from shared.db.session import forget_engines, sync_engine, sync_session
+from shared.db.webhook_models import WebhookDelivery
 from shared.events import transition
 from shared.settings import Settings, get_settings
 from shared.states import JobState
 from shared.webhooks import DELIVERY_ID_HEADER, delivery_id
-from tests.hospital.webhook_receiver import Receiver
 from tests.support.images import brain_png
 from tests.support.stack import LiveStack, start_stack
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.webhook_receiver import Receiver
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

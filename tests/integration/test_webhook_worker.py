@@ -21,9 +21,9 @@ from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.queue import DELIVER_WEBHOOK, make_producer, queue_names
 from shared.settings import get_settings
-from tests.hospital.webhook_receiver import Receiver
 from tests.support.images import brain_png
 from tests.support.inprocess import settings_env
+from tests.support.webhook_receiver import Receiver
 
 NEUROSCAN = str(Path(sys.executable).with_name("neuroscan"))
 

@@ -26,7 +26,7 @@ from shared import errors
 from shared.dicom import BAD_HEADER
 from shared.errors import InputError
 from shared.imaging import _MemoryBudget, decode_and_check, decode_image, fit_within
-from tests.hospital.dicomkit import brain_like, mr_dataset, to_bytes
+from tests.support.dicomkit import brain_like, mr_dataset, to_bytes
 from tests.support.images import brain_slice, encode
 from tests.support.inprocess import settings_env
 

@@ -396,3 +396,9 @@ def read_sse(response: httpx.Response, limit: int | None = None) -> Iterator[dic
             continue
         name, _, value = line.partition(":")
         current[name] = value[1:] if value.startswith(" ") else value
+
+
+# One stack per kind shared by the modules that test DICOM intake end to end (de-identification,
+# the reports API, the client library): `live_stack` reuses a stack for the same arguments.
+DICOM_STACK_PORTS = {"pg": (17000, 17099), "embedded": (17100, 17199)}
+DICOM_STACK_ENV = {"BROKER_URL": "redis://127.0.0.1:6379/3"}

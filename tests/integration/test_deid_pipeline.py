@@ -23,13 +23,17 @@ from sqlalchemy import MetaData, select
 from shared.db.session import create_sync_db_engine
 from shared.imaging import decode_image
 from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from tests.hospital.dicomkit import mr_dataset, planted_phi, to_bytes
-from tests.hospital.webhook_receiver import Receiver
+from tests.support.dicomkit import mr_dataset, planted_phi, to_bytes
 from tests.support.images import brain_slice
-from tests.support.stack import LiveStack, wait_for_batch, wait_for_scan
+from tests.support.stack import (
+    DICOM_STACK_ENV,
+    DICOM_STACK_PORTS,
+    LiveStack,
+    wait_for_batch,
+    wait_for_scan,
+)
+from tests.support.webhook_receiver import Receiver
 
-PORTS = {"pg": (17000, 17099), "embedded": (17100, 17199)}
-HOSPITAL_ENV = {"BROKER_URL": "redis://127.0.0.1:6379/3"}
 MARK = "QJZ"  # letters that never occur in hex digests, UUIDs or base64 of our own making
 
 
@@ -84,7 +88,7 @@ def _leaks(haystacks: list[tuple[str, bytes]], markers: dict[str, str]) -> list[
 
 @pytest.fixture(scope="module", params=["pg", "embedded"])
 def stack(request: pytest.FixtureRequest, live_stack: Any) -> Iterator[LiveStack]:
-    yield live_stack(request.param, port_range=PORTS[request.param], env=HOSPITAL_ENV,
+    yield live_stack(request.param, port_range=DICOM_STACK_PORTS[request.param], env=DICOM_STACK_ENV,
                      tenant="hospital-deid")
 
 

@@ -20,10 +20,9 @@ from pypdf import PdfReader
 
 from cli.client import collect_files
 from shared.reports.wording import DISCLAIMER
-from tests.hospital.dicomkit import jpeg_baseline, mr_dataset, planted_phi, to_bytes
-from tests.hospital.test_deid import HOSPITAL_ENV, PORTS
+from tests.support.dicomkit import jpeg_baseline, mr_dataset, planted_phi, to_bytes
 from tests.support.images import brain_png, brain_slice
-from tests.support.stack import LiveStack
+from tests.support.stack import DICOM_STACK_ENV, DICOM_STACK_PORTS, LiveStack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +53,7 @@ def _folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(live_stack: Any) -> LiveStack:
-    return live_stack("embedded", port_range=PORTS["embedded"], env=HOSPITAL_ENV,
+    return live_stack("embedded", port_range=DICOM_STACK_PORTS["embedded"], env=DICOM_STACK_ENV,
                       tenant="hospital-deid")
 
 

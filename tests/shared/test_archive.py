@@ -12,7 +12,7 @@ from shared.archive import expand_zip, is_zip
 from shared.errors import InputError
 from shared.imaging import sniff_format
 from shared.settings import Settings
-from tests.hospital.dicomkit import mr_dataset, to_bytes
+from tests.support.dicomkit import mr_dataset, to_bytes
 
 
 def _zip(entries: list[tuple[str | zipfile.ZipInfo, bytes]]) -> bytes:

@@ -14,7 +14,7 @@ from pypdf import PdfReader
 
 from shared.reports.pdf import render_batch_report, render_scan_report
 from shared.reports.wording import DISCLAIMER, confidence_band, flat_metrics
-from tests.hospital.dicomkit import brain_like
+from tests.support.dicomkit import brain_like
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PROBS = {"glioma": 0.0412, "meningioma": 0.9311, "notumor": 0.0105, "pituitary": 0.0172}
@@ -91,7 +91,7 @@ def test_client_text_is_escaped_not_interpreted() -> None:
     pdf = render_scan_report(_scan(filename="<b>x</b> & <font size=40>y"), None, None, None,
                              include_filename=True)  # a tenant that opted in to file names
     assert "<b>x</b> & <font size=40>y" in _text(pdf)
-    # By default the file name stays out (tests/hospital/test_filenames_private.py).
+    # By default the file name stays out (tests/integration/test_filenames_private.py).
     assert "<b>x</b>" not in _text(render_scan_report(
         _scan(filename="<b>x</b> & <font size=40>y"), None, None, None))
 

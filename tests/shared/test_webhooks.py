@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
-from shared.db.hospital_models import WebhookDelivery
 from shared.db.migrate import upgrade_to_head
 from shared.db.models import Batch, ScanResult, Tenant, utcnow
 from shared.db.session import forget_engines, sync_engine, sync_session
+from shared.db.webhook_models import WebhookDelivery
 from shared.errors import InputError
 from shared.settings import Settings, get_settings
 from shared.webhooks import (
@@ -26,7 +26,7 @@ from shared.webhooks import (
     verify,
     webhook_secret,
 )
-from tests.hospital.webhook_receiver import Receiver
+from tests.support.webhook_receiver import Receiver
 
 DEV = Settings(environment="development")
 PROD = Settings(environment="production", secret_key="9f2c47e1b0a85d36" * 4)

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.hospital import dicomkit
+from tests.support import dicomkit
 from tests.support import orthanc as orthanc_support
 from tests.support.stack import LiveStack, free_port
 

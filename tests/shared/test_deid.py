@@ -15,7 +15,7 @@ from shared.deid import deidentify
 from shared.dicom import decode_dicom
 from shared.errors import InputError
 from shared.settings import Settings
-from tests.hospital.dicomkit import mr_dataset, planted_phi, to_bytes
+from tests.support.dicomkit import mr_dataset, planted_phi, to_bytes
 
 S = Settings(secret_key="unit-test-secret", allowed_modalities=["MR"])
 UID = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")

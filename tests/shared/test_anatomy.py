@@ -16,7 +16,7 @@ from shared.anatomy import clean_descriptor, header_evidence
 from shared.deid import deidentify
 from shared.imaging import decode_image
 from shared.settings import Settings
-from tests.hospital.dicomkit import mr_dataset, planted_phi, to_bytes
+from tests.support.dicomkit import mr_dataset, planted_phi, to_bytes
 from worker.gate import assess
 
 S = Settings(allowed_modalities=["MR"], secret_key="anatomy-test-secret-0123456789abcdef")

@@ -21,9 +21,9 @@ from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.schemas import batch_out, scan_out
 from shared.webhooks import build_payload
-from tests.hospital.webhook_receiver import Receiver
 from tests.support.images import brain_png
 from tests.support.inprocess import settings_env
+from tests.support.webhook_receiver import Receiver
 
 NAME = "Doe_John_MRN-12345.png"
 TENANT = "privacy-hospital"

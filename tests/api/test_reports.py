@@ -13,18 +13,17 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.hospital_models import WebhookDelivery
 from shared.db.models import ScanResult, Tenant, utcnow
 from shared.db.session import create_sync_db_engine
-from tests.hospital.test_deid import HOSPITAL_ENV, PORTS
-from tests.hospital.webhook_receiver import Receiver
+from shared.db.webhook_models import WebhookDelivery
 from tests.support.images import brain_png, colour_photo_png
-from tests.support.stack import LiveStack, wait_for_scan
+from tests.support.stack import DICOM_STACK_ENV, DICOM_STACK_PORTS, LiveStack, wait_for_scan
+from tests.support.webhook_receiver import Receiver
 
 
 @pytest.fixture(scope="module")
 def stack(live_stack: Any) -> LiveStack:
-    return live_stack("pg", port_range=PORTS["pg"], env=HOSPITAL_ENV, tenant="hospital-deid")
+    return live_stack("pg", port_range=DICOM_STACK_PORTS["pg"], env=DICOM_STACK_ENV, tenant="hospital-deid")
 
 
 def _db(stack: LiveStack) -> Any:
