@@ -22,13 +22,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, update
 
 from shared.db.idempotency_models import IdempotencyKey
-from shared.db.migrate import upgrade_to_head
 from shared.db.models import Base, Batch, ScanResult, utcnow
 from shared.db.session import sync_engine, sync_session
 from shared.db.tenants import issue_key
 from tests.support.images import brain_png
-from tests.support.inprocess import settings_env
-from tests.support.stack import create_pg_database, drop_pg_database, free_port
+from tests.support.inprocess import asgi_client, migrated_database
+from tests.support.stack import free_port
 
 KEY = "Idempotency-Key"
 
@@ -37,17 +36,8 @@ KEY = "Idempotency-Key"
 def database(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp(f"idem-{request.param}")
-    url = (f"sqlite+aiosqlite:///{root / 'db.sqlite'}" if request.param == "sqlite"
-           else create_pg_database())
-    try:
-        with settings_env(database_url=url, broker_url=f"sqla+sqlite:///{root / 'broker.db'}",
-                          media_dir=str(root / "media"), var_dir=str(root / "var"),
-                          secret_key="idempotency-test-secret-" + "0123456789abcdef" * 2):
-            upgrade_to_head()
-            yield request.param
-    finally:
-        if request.param == "pg":
-            drop_pg_database(url)
+    with migrated_database(request.param, root):
+        yield request.param
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +48,7 @@ def keys(database: str) -> dict[str, str]:
 
 @pytest.fixture()
 async def api(keys: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    from api.main import create_app
-
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()),
-                                 base_url="http://testserver",
-                                 headers={"Authorization": f"Bearer {keys['alpha']}"}) as c:
+    async with asgi_client(Authorization=f"Bearer {keys['alpha']}") as c:
         yield c
 
 

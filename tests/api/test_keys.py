@@ -19,15 +19,13 @@ from typer.testing import CliRunner
 
 from cli.main import app as cli
 from shared.db.lifecycle_models import AuditEvent
-from shared.db.migrate import upgrade_to_head
 from shared.db.models import Tenant, User, utcnow
 from shared.db.session import sync_session
 from shared.db.tenants import KEY_PREFIX, issue_key, parse_duration
 from shared.settings import get_settings
 from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify
 from tests.support.asgi import post_chunks
-from tests.support.inprocess import settings_env
-from tests.support.stack import create_pg_database, drop_pg_database
+from tests.support.inprocess import migrated_database, settings_env
 
 runner = CliRunner()
 
@@ -40,19 +38,8 @@ def _run(*args: str) -> list[str]:
 
 @pytest.fixture(params=["sqlite", "pg"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
-    else:
-        url = create_pg_database()
-    try:
-        with settings_env(database_url=url, broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",
-                          media_dir=str(tmp_path / "media"), var_dir=str(tmp_path / "var"),
-                          secret_key="keys-test-secret-" + "0123456789abcdef" * 2):
-            upgrade_to_head()
-            yield request.param
-    finally:
-        if request.param == "pg":
-            drop_pg_database(url)
+    with migrated_database(request.param, tmp_path):
+        yield request.param
 
 
 @pytest.fixture()

@@ -22,7 +22,7 @@ from shared.db.tenants import issue_key
 from shared.schemas import batch_out, scan_out
 from shared.webhooks import build_payload
 from tests.support.images import brain_png
-from tests.support.inprocess import settings_env
+from tests.support.inprocess import asgi_client, settings_env
 from tests.support.webhook_receiver import Receiver
 
 NAME = "Doe_John_MRN-12345.png"
@@ -58,11 +58,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture()
 async def client(env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    from api.main import create_app
-
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()),
-                                 base_url="http://testserver",
-                                 headers={"Authorization": f"Bearer {env['key']}"}) as c:
+    async with asgi_client(Authorization=f"Bearer {env['key']}") as c:
         yield c
 
 

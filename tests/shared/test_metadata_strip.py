@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import ExifTags, Image, PngImagePlugin
 
-from shared.db.migrate import upgrade_to_head
 from shared.db.models import ScanResult, ScanUpload
 from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.imaging import strip_metadata
 from tests.support.images import brain_slice
-from tests.support.inprocess import settings_env
+from tests.support.inprocess import asgi_client, embedded_settings
 
 SECRETS = (b"Doe^John", b"MRN-12345", b"St Elsewhere", b"GPS", b"Exif", b"xmpmeta",
            b"PatientName")
@@ -120,11 +118,7 @@ def test_clean_files_and_other_formats_come_back_unchanged() -> None:
 
 @pytest.fixture(scope="module")
 def api_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root: Path = tmp_path_factory.mktemp("strip")
-    with settings_env(database_url=f"sqlite+aiosqlite:///{root / 'db.sqlite'}",
-                      broker_url=f"sqla+sqlite:///{root / 'broker.db'}",
-                      media_dir=str(root / "media"), secret_key="strip-test-secret"):
-        upgrade_to_head()
+    with embedded_settings(tmp_path_factory.mktemp("strip")):
         with sync_session() as session:
             key = issue_key(session, "strip-hospital").key
         yield key
@@ -132,11 +126,7 @@ def api_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture()
 async def client(api_env: str) -> AsyncIterator[httpx.AsyncClient]:
-    from api.main import create_app
-
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()),
-                                 base_url="http://testserver",
-                                 headers={"Authorization": f"Bearer {api_env}"}) as c:
+    async with asgi_client(Authorization=f"Bearer {api_env}") as c:
         yield c
 
 

@@ -59,3 +59,24 @@ async def asgi_client(**headers: str) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers) as c:
         yield c
+
+
+@contextlib.contextmanager
+def migrated_database(kind: str, root: Path, **extra: str) -> Iterator[str]:
+    """Settings of a fresh, migrated database of `kind` ("sqlite" or "pg"), with the embedded
+    broker and local disk under `root`; yields the database URL. A PostgreSQL database is
+    dropped afterwards. `extra` adds or overrides settings."""
+    from shared.db.migrate import upgrade_to_head
+    from tests.support.stack import create_pg_database, drop_pg_database
+
+    url = f"sqlite+aiosqlite:///{root / 'db.sqlite'}" if kind == "sqlite" else create_pg_database()
+    env = {"database_url": url, "broker_url": f"sqla+sqlite:///{root / 'broker.db'}",
+           "media_dir": str(root / "media"), "var_dir": str(root / "var"),
+           "secret_key": "in-process-test-secret-" + "0123456789abcdef" * 2, **extra}
+    try:
+        with settings_env(**env):
+            upgrade_to_head()
+            yield url
+    finally:
+        if kind == "pg":
+            drop_pg_database(url)
