@@ -25,10 +25,10 @@ from sqlalchemy import Delete, Select, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.dicom_models import DicomInstance, DicomSeries
-from shared.db.webhook_models import WebhookDelivery
 from shared.db.lifecycle_models import AuditEvent, TenantRetention
 from shared.db.models import Batch, ScanEvent, ScanResult, ScanUpload, Tenant, utcnow
 from shared.db.session import sync_session
+from shared.db.webhook_models import WebhookDelivery
 from shared.settings import Settings, get_settings
 from shared.states import JobState
 from shared.storage import Folder, Storage, get_storage

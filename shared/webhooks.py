@@ -39,8 +39,8 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
-from shared.db.webhook_models import WebhookDelivery
 from shared.db.models import ScanResult, utcnow
+from shared.db.webhook_models import WebhookDelivery
 from shared.errors import InputError
 from shared.settings import Settings, get_settings
 from shared.states import JobState

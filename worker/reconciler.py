@@ -41,9 +41,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.db.webhook_models import WebhookDelivery
 from shared.db.models import Batch, ScanResult, utcnow
 from shared.db.session import sync_session
+from shared.db.webhook_models import WebhookDelivery
 from shared.lifecycle import purge_once
 from shared.queue import DELIVER_WEBHOOK, send_scans
 from shared.settings import Settings, get_settings

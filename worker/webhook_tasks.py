@@ -33,9 +33,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.audit import shares_filenames
-from shared.db.webhook_models import WebhookDelivery
 from shared.db.models import Batch, ScanResult, utcnow
+from shared.db.queries import scans_of_batch
 from shared.db.session import sync_session
+from shared.db.webhook_models import WebhookDelivery
 from shared.errors import InputError
 from shared.queue import DELIVER_WEBHOOK
 from shared.schemas import batch_out, scan_out
@@ -102,8 +103,7 @@ def _body(target_id: str, kind: str, settings: Settings) -> tuple[dict[str, Any]
         batch = session.get(Batch, target_id)
         if batch is None:
             raise LookupError(f"no batch {target_id}")
-        scans = list(session.scalars(select(ScanResult).where(ScanResult.batch_id == batch.id)
-                                     .order_by(ScanResult.created_at, ScanResult.id)))
+        scans = list(session.scalars(scans_of_batch(batch)))
         return (batch_out(batch, scans, _signer(settings, batch.tenant_id)).model_dump(mode="json"),
                 shares_filenames(session, batch.tenant_id))
 

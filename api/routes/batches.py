@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, UploadFile, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -15,7 +14,7 @@ from api import idempotency, intake
 from api.audit import AuditTrailDep
 from api.deps import BatchDep, CurrentTenant, SessionDep, SettingsDep, UrlSigner
 from api.errors import error_response
-from shared.db.models import ScanResult
+from shared.db.queries import scans_of_batch
 from shared.db.session import async_write_session
 from shared.errors import InputError
 from shared.schemas import (
@@ -140,7 +139,5 @@ async def read_batch(batch: BatchDep, session: SessionDep, sign_url: UrlSigner,
                      trail: AuditTrailDep) -> BatchOut:
     """Counts per state, whether it is done, and every scan."""
     trail.read("batch", f"batch:{batch.id}")
-    scans = list(await session.scalars(select(ScanResult).where(
-        ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id)
-        .order_by(ScanResult.created_at, ScanResult.id)))
+    scans = list(await session.scalars(scans_of_batch(batch)))
     return batch_out(batch, scans, sign_url)

@@ -14,6 +14,7 @@ from api.audit import AuditTrailDep
 from api.deps import BatchDep, ScanDep, SessionDep, StorageDep, UrlSigner
 from shared.audit import shares_filenames_async
 from shared.db.models import ScanResult, ScanUpload
+from shared.db.queries import scans_of_batch
 from shared.db.session import release
 from shared.fhir import FHIR_MEDIA_TYPE, scan_to_fhir
 from shared.reports.pdf import render_batch_report, render_scan_report
@@ -84,9 +85,7 @@ def _render_scan(out: Any, original: bytes | None, frame: int | None, overlay: b
 async def batch_report(batch: BatchDep, session: SessionDep, sign_url: UrlSigner,
                        trail: AuditTrailDep) -> Response:
     """One row per scan: state, prediction, confidence band, references, error."""
-    scans = list(await session.scalars(select(ScanResult).where(
-        ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id)
-        .order_by(ScanResult.created_at, ScanResult.id)))
+    scans = list(await session.scalars(scans_of_batch(batch)))
     with_names = await shares_filenames_async(session, batch.tenant_id)
     await release(session)
     if any(not JobState(s.state).is_final for s in scans):
