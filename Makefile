@@ -14,7 +14,7 @@ REQUIREMENTS := requirements/api.txt requirements/worker.txt requirements/dev.tx
 help:
 	@echo "make run     start the API and a worker on the embedded defaults (PORT=8000)"
 	@echo "make test    start PostgreSQL/Redis if needed, run the whole test suite"
-	@echo "make bench   issue 15's measures in one run (~5 min): bench/results/bench.json, docs/bench.png, README table"
+	@echo "make bench   throughput and latency measures in one run (~5 min): bench/results/bench.json, docs/bench.png, README table"
 	@echo "make bench-all  that, then Grad-CAM overhead, pipeline, training and load benchmarks (JSON in bench/results)"
 	@echo "make lint    ruff"
 	@echo "make test-compose  docker compose up from the Dockerfiles, a 20-scan batch, a worker killed mid-batch"

@@ -5,7 +5,7 @@ A pure ASGI middleware, so no byte of the body is read for a caller without a go
 `/v1` request without one is answered 401 from its headers alone; a body declared larger than
 allowed is answered 413 unread; a chunked body is cut off, 413, as soon as it passes the limit.
 The key's lookup takes a pooled connection for one indexed query and gives it back before the
-request goes on (one connection per request at most, issue 18); routes find the caller in
+request goes on (one connection per request at most); routes find the caller in
 `request.state.principal`. An expired or revoked key is answered 401 with its own code
 (`key_expired`, `key_revoked`); a key past its budget per minute, or with all its event
 streams open, 429 with Retry-After (api/ratelimit.py) — all before the body is read.

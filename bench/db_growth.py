@@ -91,7 +91,7 @@ def measure(database_url: str, scans: int, uploads: list[bytes],
             return intake.add_scan(session, tenant.id, upload).id
 
     original = pipeline.settle_results
-    if keep_blobs:  # the write as it was before issue 19
+    if keep_blobs:  # the write as it was before originals left the database
         pipeline.settle_results = lambda *_a, **_k: None  # type: ignore[assignment]
     try:
         loop = asyncio.new_event_loop()

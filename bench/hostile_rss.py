@@ -1,4 +1,4 @@
-"""The API process's memory through the whole hostile suite (issue 13: goal under 200 MiB).
+"""The API process's memory through the whole hostile suite (goal: under 200 MiB).
 
     .venv/bin/python -m bench.hostile_rss [--large PNG...] [--out bench/results/hostile_rss.json]
 

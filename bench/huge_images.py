@@ -1,4 +1,4 @@
-"""A worker's peak memory on huge images (issue 13): a batch of eight 8000x8000 PNGs, and one.
+"""A worker's peak memory on huge images: a batch of eight 8000x8000 PNGs, and one.
 
     .venv/bin/python -m bench.huge_images [--side 8000] [--count 8] [--full-size-batch]
                                           [--out bench/results/huge_images.json]

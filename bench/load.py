@@ -1,4 +1,4 @@
-"""Concurrent clients against one API process and one worker: issue 18's table, re-measured.
+"""Concurrent clients against one API process and one worker: the README's load table, re-measured.
 
     .venv/bin/python -m bench.load [--clients 4 8 16 32 64] [--duration 15] [--stacks embedded pg]
                                    [--mix upload|mixed]

@@ -1,4 +1,4 @@
-"""`make bench`: issue 15's measures side by side in one run; one JSON, one plot, the README table.
+"""`make bench`: the throughput and latency measures side by side in one run; one JSON, one plot, the README table.
 
     .venv/bin/python -m bench.run [--scans 256] [--singles 30] [--clients 32] [--baseline 6]
                                   [--skip-embedded] [--no-readme]
@@ -343,7 +343,7 @@ def table(r: dict[str, Any]) -> str:
              f"({r['measured_at']}; load average {min(loads):.1f}–{max(loads):.1f} during the run: "
              "other work shared the cores, so compare ratios, not absolute figures). "
              "One run, side by side; `bench/results/bench.json` has every figure.", "",
-             "| measure | measured | goal (issue 15) |", "|---|---|---|"]
+             "| measure | measured | goal |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
 

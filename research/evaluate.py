@@ -206,7 +206,7 @@ def accuracy_strata(manifest: dict[str, Any], paths: list[str], correct: np.ndar
     return {"groups": M.accuracy_by(groups, correct), "size_cuts_mm2": cuts}
 
 
-# The shipped model's targets on a held-out synthetic test set (issue 2): metric -> (bound, "min" | "max").
+# The shipped model's targets on a held-out synthetic test set: metric -> (bound, "min" | "max").
 GOALS: dict[str, tuple[float, str]] = {"accuracy": (0.98, "min"), "pointing_game": (0.90, "min"),
                                        "ece_after_t": (0.05, "max")}
 
@@ -235,7 +235,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Weights SHA-256 `{report['model']['sha256'][:16]}…`.", "",
         "| metric | value |", "|---|---|",
         *[f"| {k} | {_fmt(v)} |" for k, v in s.items()], "",
-        "## Goals (issue 2)", "", "| metric | value | goal | met |", "|---|---|---|---|",
+        "## Goals", "", "| metric | value | goal | met |", "|---|---|---|---|",
         *[f"| {k} | {_fmt(g['value'])} | {'≥' if 'min' in g else '≤'} {g.get('min', g.get('max'))} | "
           f"{'yes' if g['met'] else '**no**'} |" for k, g in report["goals"].items()], "",
         "## Per class", "", "| class | precision | recall | F1 | support | ROC-AUC |", "|---|---|---|---|---|---|",

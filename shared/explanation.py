@@ -1,7 +1,7 @@
 """Which class a scan's Grad-CAM map explains, and the words that say so, everywhere alike.
 
 A Grad-CAM map for "no tumour" is evidence for the absence of something: it spreads over the
-whole slice and tells a clinician nothing (issue 12 saw a full-frame red wash). So the map is
+whole slice and tells a clinician nothing (a full-frame red wash was seen on real slices). So the map is
 always drawn for a tumour class: the predicted one, or, when the finding is "no tumour", the
 most likely tumour class, labelled as such with its probability. The worker draws that map
 (`worker.inference.analyse`, class request `TUMOUR_CLASS`) and the API, the web page and the

@@ -4,7 +4,7 @@ The API calls `decode_and_check` before it accepts a file; the worker and the of
 `predict` command call `decode_image` again on the stored bytes. NumPy, Pillow and pydicom
 only: no TensorFlow.
 
-Decoding is bounded (issue 13): the dimensions are read from the header and checked against
+Decoding is bounded: the dimensions are read from the header and checked against
 the pixel budget before any pixel is decoded; with `max_side`, an image is shrunk while it is
 decoded (JPEG: libjpeg decodes at 1/2, 1/4 or 1/8 scale; PNG and DICOM: reduced in their
 native 8/16-bit form, never as a full-size float array); and the native pixels that decodes

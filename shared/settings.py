@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     # The worker decodes an image at most this many pixels on its longer side, shrinking it
     # while decoding (JPEG at 1/2..1/8 scale, PNG and DICOM in their 8/16-bit form): the model
     # reads 128 px and the overlay 1024. Heatmap, overlay and preview are drawn in that frame.
-    # 0 decodes at full size (the unbounded path before issue 13, kept for comparison).
+    # 0 decodes at full size (the old unbounded path, kept for comparison).
     decode_max_side: int = Field(default=1024, ge=0)
     # Decoded pixels (native 8/16-bit, before shrinking) that decodes in one process may hold
     # at once; a larger image waits until it can decode alone.

@@ -1,4 +1,4 @@
-"""Liveness and readiness (and the seed's greeting at `/`)."""
+"""Liveness and readiness (and the original product's greeting at `/`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _BROKER_TIMEOUT_S = 3.0
 
 @router.get("/", summary="Service greeting")
 async def root() -> dict[str, str]:
-    """The seed's health JSON, unchanged."""
+    """The original product's health JSON, unchanged."""
     return {"status": "success", "message": "NeuroScan AI Backend is Running"}
 
 

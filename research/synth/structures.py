@@ -21,7 +21,7 @@ def vary_anatomy(rng: np.random.Generator, labels: np.ndarray, mm_px: float) -> 
 
     Generator 1.2 only ever enlarged the ventricles by up to ~3 mm, so a real normal brain
     with large ventricles fell outside everything the model had seen and was read as a
-    glioma (issue 12's real-slice review). Since 1.3 a fifth of the slices have slit
+    glioma (found when reviewing real slices). Since 1.3 a fifth of the slices have slit
     ventricles, a quarter large ones (4-12 mm of dilation: the frontal horns balloon)."""
     labels = labels.copy()
     vent = labels == VENT

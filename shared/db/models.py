@@ -79,7 +79,7 @@ class Tenant(Base):
 
 
 class User(Base):
-    """The seed's `users` table: a person or system of a tenant, holding one API key (hashed)."""
+    """The `users` table: a person or system of a tenant, holding one API key (hashed)."""
 
     __tablename__ = "users"
 
@@ -109,7 +109,7 @@ class Batch(Base):
 
 
 class ScanResult(Base):
-    """One uploaded image and everything that happened to it (the seed's `scan_results`)."""
+    """One uploaded image and everything that happened to it (table `scan_results`)."""
 
     __tablename__ = "scan_results"
     __table_args__ = (

@@ -1,4 +1,4 @@
-"""Issue 18: a request holds at most one database connection, and overload is a quick 503.
+"""A request holds at most one database connection, and overload is a quick 503.
 
 The API runs in this process (httpx's ASGI transport) on real PostgreSQL and SQLite with a
 pool of ONE connection and no overflow. A request that took a second connection while holding

@@ -1,4 +1,4 @@
-"""Issue 13, hostile input at the API: every bad file is a clear 4xx, alone; nothing is a 5xx.
+"""Hostile input at the API: every bad file is a clear 4xx, alone; nothing is a 5xx.
 
 The API runs in this process on a real SQLite database and broker file (no worker: what is
 judged here is judged at the door). Each bad file is sent alone to `POST /v1/scans` and all of

@@ -1,4 +1,4 @@
-"""Issue 13: schemathesis against the API's own OpenAPI schema, in process, with a real key.
+"""schemathesis against the API's own OpenAPI schema, in process, with a real key.
 
 Every operation of the embedded app (SQLite database and broker files, local media, no
 worker) gets generated requests, valid and invalid (bounded: MAX_EXAMPLES each, the whole

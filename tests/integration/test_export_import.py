@@ -1,4 +1,4 @@
-"""A tenant's export re-imports as the same set of results (issue 19), on both stacks.
+"""A tenant's export re-imports as the same set of results, on both stacks.
 
 Real scans (PNG, JPEG, a failing colour photo, a batch, a DICOM series by STOW-RS) go through
 the real worker; the tenant is exported (`neuroscan export`, or `GET /v1/export` as a ZIP) and

@@ -48,7 +48,7 @@ FAULT_ENV = {
 }
 STORAGE_FAULT_RATIO = 0.3
 STORAGE_HANG_S = 4.0  # longer than STORAGE_TIMEOUT_S: the client gives up first
-# Goal from issue 13: every scan final within 2 minutes of the fault ending.
+# The goal (README, Guarantees): every scan final within 2 minutes of the fault ending.
 RECOVERY_GOAL_S = 120.0
 _MAX_RESTARTS = 6
 
@@ -409,7 +409,7 @@ def _database_outage(stack: LiveStack, client: httpx.Client, pg_proxy: TcpProxy,
 
 def test_database_outage_90s_mid_batch(stack: LiveStack, client: httpx.Client,
                                        pg_proxy: TcpProxy) -> None:
-    """The long one (issue 13): 90 s without PostgreSQL, longer than any task retry lasts;
+    """The long one: 90 s without PostgreSQL, longer than any task retry lasts;
     the reconciler sends what was given up once the database is back."""
     _database_outage(stack, client, pg_proxy, scans=32, outage_s=90)
 

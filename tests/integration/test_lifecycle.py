@@ -1,4 +1,4 @@
-"""Data lifecycle on both stacks (issue 19): originals leave the database once stored,
+"""Data lifecycle on both stacks: originals leave the database once stored,
 deletion on request (a DICOM series with its last slice), retention's purge, and a tenant's
 export (its re-import: tests/integration/test_export_import.py).
 

@@ -1,4 +1,4 @@
-"""Issue 18: 64 concurrent clients against each live stack, for a bounded time, loopback only.
+"""64 concurrent clients against each live stack, for a bounded time, loopback only.
 
 Half the clients upload one JPEG after another, a quarter read scans, a quarter hold SSE
 streams. No response may be a 5xx (a pool deadlock answers 500 or stalls 30 s; saturation
@@ -37,7 +37,7 @@ async def test_64_clients_get_no_server_error(backend: str,
     summary = report.summary()
     print(backend, summary)
     # Never a 500, 502 or 504. A 503 with Retry-After is the designed answer to overload
-    # (issue 18 item 2): the embedded stack's single SQLite writer gave 29 of them in one
+    # (the overload answer): the embedded stack's single SQLite writer gave 29 of them in one
     # run at 64 clients on a loaded machine and none in others; the figures are in the summary.
     assert report.count(lambda s: s >= 500 and s != 503) == 0, (summary, stack.logs())
     # Uploads and reads must never break. One SSE stream in ~70 was once cut mid-chunk

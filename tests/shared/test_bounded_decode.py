@@ -1,4 +1,4 @@
-"""Bounded decoding (issue 13): dimensions from the header against the pixel budget before any
+"""Bounded decoding: dimensions from the header against the pixel budget before any
 pixel is decoded; images shrunk while they are decoded (JPEG draft, PNG and DICOM reduced in
 their stored form) to the same picture a full decode would give; malformed DICOM headers are
 clear 4xx; the decode memory budget makes large decodes wait; and a fresh process decoding a

@@ -64,7 +64,7 @@ class LoadReport:
 
 
 def split_roles(clients: int, mix: str) -> dict[str, int]:
-    """`upload`: every client uploads (issue 18's table); `mixed`: half upload, a quarter
+    """`upload`: every client uploads (the README's load table); `mixed`: half upload, a quarter
     read, a quarter hold SSE streams."""
     if mix == "upload":
         return {"upload": clients, "read": 0, "sse": 0}
