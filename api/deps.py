@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import error_response
-from shared.db.models import Batch, ScanResult, Tenant, User
+from shared.db.models import Batch, Scan, Tenant, User
 from shared.db.session import async_session_factory
 from shared.db.tenants import authenticate
 from shared.settings import Settings, get_settings
@@ -91,10 +91,10 @@ def _not_found(kind: str, ident: str) -> HTTPException:
     return HTTPException(404, detail={"code": "not_found", "message": f"No {kind} {ident}."})
 
 
-async def get_scan_or_404(session: AsyncSession, tenant: Tenant, scan_id: str) -> ScanResult:
+async def get_scan_or_404(session: AsyncSession, tenant: Tenant, scan_id: str) -> Scan:
     """The tenant's scan; another tenant's scan is indistinguishable from a missing one."""
-    scan = await session.scalar(select(ScanResult).where(
-        ScanResult.id == scan_id, ScanResult.tenant_id == tenant.id))
+    scan = await session.scalar(select(Scan).where(
+        Scan.id == scan_id, Scan.tenant_id == tenant.id))
     if scan is None:
         raise _not_found("scan", scan_id)
     return scan
@@ -108,7 +108,7 @@ async def get_batch_or_404(session: AsyncSession, tenant: Tenant, batch_id: str)
     return batch
 
 
-async def scan_dep(scan_id: str, session: SessionDep, tenant: CurrentTenant) -> ScanResult:
+async def scan_dep(scan_id: str, session: SessionDep, tenant: CurrentTenant) -> Scan:
     return await get_scan_or_404(session, tenant, scan_id)
 
 
@@ -116,7 +116,7 @@ async def batch_dep(batch_id: str, session: SessionDep, tenant: CurrentTenant) -
     return await get_batch_or_404(session, tenant, batch_id)
 
 
-ScanDep = Annotated[ScanResult, Depends(scan_dep)]
+ScanDep = Annotated[Scan, Depends(scan_dep)]
 BatchDep = Annotated[Batch, Depends(batch_dep)]
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
 from shared import archive, errors, webhooks
-from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
+from shared.db.models import Batch, Scan, ScanUpload, new_id, utcnow
 from shared.deid import deidentify
 from shared.errors import InputError
 from shared.events import transition
@@ -134,10 +134,10 @@ def batch_members(data: bytes, filename: str | None, settings: Settings) -> list
 
 
 def add_scan(session: AsyncSession, tenant_id: str, upload: AcceptedUpload, *,
-             batch_id: str | None = None, callback_url: str | None = None) -> ScanResult:
+             batch_id: str | None = None, callback_url: str | None = None) -> Scan:
     """Add the queued scan, its bytes and its `queued` event to the session (not committed)."""
     # Ids are set here, not at flush: the upload row and the event refer to the scan.
-    scan = ScanResult(id=new_id(), tenant_id=tenant_id, batch_id=batch_id, state=None,
+    scan = Scan(id=new_id(), tenant_id=tenant_id, batch_id=batch_id, state=None,
                       created_at=utcnow(), filename=upload.filename,
                       format=upload.format, size_bytes=len(upload.data),
                       sha256=hashlib.sha256(upload.data).hexdigest(), frame=upload.frame,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from shared.db.models import ScanEvent, ScanResult, utcnow
+from shared.db.models import Scan, ScanEvent, utcnow
 from shared.states import JobState, can_transition
 
 
@@ -22,7 +22,7 @@ class InvalidTransition(RuntimeError):
     pass
 
 
-def transition(session: _Adds, scan: ScanResult, new: JobState,
+def transition(session: _Adds, scan: Scan, new: JobState,
                at: datetime | None = None) -> ScanEvent | None:
     """Move `scan` to `new` and record it; None when the state does not change (a retry)."""
     current = JobState(scan.state) if scan.state else None
@@ -42,7 +42,7 @@ def transition(session: _Adds, scan: ScanResult, new: JobState,
     return event
 
 
-def event_payload(event: ScanEvent, scan: ScanResult | None = None) -> dict[str, Any]:
+def event_payload(event: ScanEvent, scan: Scan | None = None) -> dict[str, Any]:
     """The JSON an SSE subscriber receives for one event (a summary once the scan is final)."""
     data: dict[str, Any] = {
         "event_id": event.id,

@@ -47,8 +47,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.models import (
     Batch,
+    Scan,
     ScanEvent,
-    ScanResult,
     ScanUpload,
     Tenant,
     UTCDateTime,
@@ -144,13 +144,13 @@ def _reading(url: str) -> Iterator[Session]:
 
 def _scan_ids(url: str, tenant_id: str) -> list[str]:
     with _reading(url) as session:
-        return list(session.scalars(select(ScanResult.id).where(
-            ScanResult.tenant_id == tenant_id).order_by(ScanResult.created_at, ScanResult.id)))
+        return list(session.scalars(select(Scan.id).where(
+            Scan.tenant_id == tenant_id).order_by(Scan.created_at, Scan.id)))
 
 
-def _load_scan(url: str, scan_id: str) -> tuple[ScanResult, bytes | None] | None:
+def _load_scan(url: str, scan_id: str) -> tuple[Scan, bytes | None] | None:
     with _reading(url) as session:
-        scan = session.get(ScanResult, scan_id)
+        scan = session.get(Scan, scan_id)
         if scan is None:  # deleted meanwhile
             return None
         blob = session.scalar(select(ScanUpload.data).where(ScanUpload.scan_id == scan_id))
@@ -183,7 +183,7 @@ def _series_records(url: str, tenant_id: str) -> list[dict[str, Any]]:
                 for row in rows]
 
 
-def scan_files(scan: ScanResult, blob: bytes | None, store: Storage, settings: Settings,
+def scan_files(scan: Scan, blob: bytes | None, store: Storage, settings: Settings,
                card_cache: dict[str | None, Any]) -> dict[str, bytes]:
     """What one scan exports as: file name -> bytes (images, result.json, and for a final scan
     fhir.json and report.pdf)."""
@@ -212,7 +212,7 @@ def scan_files(scan: ScanResult, blob: bytes | None, store: Storage, settings: S
     return files
 
 
-def _scan_entry(scan: ScanResult, hashes: dict[str, str]) -> dict[str, Any]:
+def _scan_entry(scan: Scan, hashes: dict[str, str]) -> dict[str, Any]:
     return {"state": scan.state, "complete": scan.state in _FINAL, "frame": scan.frame,
             "files": hashes}
 
@@ -488,11 +488,11 @@ def _restore_images(store: Storage, scan_id: str, fmt: str, names: list[str],
 
 
 def _scan_row(result: dict[str, Any], entry: dict[str, Any], tenant_id: str,
-              refs: dict[str, str]) -> ScanResult:
+              refs: dict[str, str]) -> Scan:
     prediction = result.get("prediction") or {}
     model = result.get("model") or {}
     error = result.get("error") or {}
-    return ScanResult(
+    return Scan(
         id=result["id"], tenant_id=tenant_id, batch_id=result.get("batch_id"),
         state=result["state"], filename=result.get("filename"), format=result["format"],
         size_bytes=int(result.get("size_bytes") or 0), sha256=result["sha256"],
@@ -566,7 +566,7 @@ def _import(manifest: dict[str, Any], source: _Source, tenant_name: str, store: 
     batches: dict[str, Any] = manifest.get("batches", {})
     with sync_session(url) as session:  # a refusal rolls back: not even the tenant is made
         tenant_id = get_or_create_tenant(session, tenant_name).id
-        scan_owner = _owners(session, ScanResult, ScanResult.id, list(scans))
+        scan_owner = _owners(session, Scan, Scan.id, list(scans))
         batch_owner = _owners(session, Batch, Batch.id, list(batches))
         series_owner = _owners(session, DicomSeries, DicomSeries.id, list(series))
         foreign = sorted(f"{kind} {ident}" for kind, owners in (
@@ -599,8 +599,8 @@ def _import(manifest: dict[str, Any], source: _Source, tenant_name: str, store: 
         except IntegrityError:
             # Another import of the same export got there first: the row is its.
             with _reading(url) as session:
-                if session.scalar(select(ScanResult.tenant_id).where(
-                        ScanResult.id == scan_id)) != tenant_id:
+                if session.scalar(select(Scan.tenant_id).where(
+                        Scan.id == scan_id)) != tenant_id:
                     raise
             report.skipped += 1
             continue
@@ -613,8 +613,8 @@ def _import(manifest: dict[str, Any], source: _Source, tenant_name: str, store: 
         with sync_session(url) as session:
             for batch_id in made_batches:
                 session.execute(update(Batch).where(Batch.id == batch_id).values(
-                    total=select(func.count()).select_from(ScanResult).where(
-                        ScanResult.batch_id == batch_id).scalar_subquery()))
+                    total=select(func.count()).select_from(Scan).where(
+                        Scan.batch_id == batch_id).scalar_subquery()))
     for series_id in series:
         if series_id in series_owner:
             report.series_skipped += 1
@@ -625,8 +625,8 @@ def _import(manifest: dict[str, Any], source: _Source, tenant_name: str, store: 
                               f"{series_id}.")
         wanted = {i["scan_id"]: i for i in record.get("instances", [])}
         with sync_session(url) as session:
-            present = set(session.scalars(select(ScanResult.id).where(
-                ScanResult.id.in_(list(wanted)), ScanResult.tenant_id == tenant_id)))
+            present = set(session.scalars(select(Scan.id).where(
+                Scan.id.in_(list(wanted)), Scan.tenant_id == tenant_id)))
             if not present:  # none of its slices was final at export time
                 report.series_skipped += 1
                 continue

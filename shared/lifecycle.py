@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.lifecycle_models import AuditEvent, TenantRetention
-from shared.db.models import Batch, ScanEvent, ScanResult, ScanUpload, Tenant, utcnow
+from shared.db.models import Batch, Scan, ScanEvent, ScanUpload, Tenant, utcnow
 from shared.db.session import sync_session
 from shared.db.webhook_models import WebhookDelivery
 from shared.settings import Settings, get_settings
@@ -80,7 +80,7 @@ def delete_scan_rows(scan_ids: Sequence[str], series_ids: Sequence[str] = ()) ->
                   delete(ScanUpload).where(ScanUpload.scan_id.in_(ids)),
                   delete(WebhookDelivery).where(WebhookDelivery.scan_id.in_(ids)),
                   delete(DicomInstance).where(DicomInstance.scan_id.in_(ids)),
-                  delete(ScanResult).where(ScanResult.id.in_(ids))]
+                  delete(Scan).where(Scan.id.in_(ids))]
     if series_ids:
         statements.append(delete(DicomSeries).where(
             DicomSeries.id.in_(list(series_ids)),
@@ -111,7 +111,7 @@ def settle_results(session: Session, fields: Mapping[str, Mapping[str, Any]],
     unwritten = [scan_id for scan_id in fields if scan_id not in set(written)]
     if not unwritten:
         return
-    alive = set(session.scalars(select(ScanResult.id).where(ScanResult.id.in_(unwritten))))
+    alive = set(session.scalars(select(Scan.id).where(Scan.id.in_(unwritten))))
     gone = [scan_id for scan_id in unwritten if scan_id not in alive]
     if gone:
         store = storage or get_storage()
@@ -165,7 +165,7 @@ class PurgeReport:
 
 
 def _finished_before(cutoff: datetime) -> Any:
-    return func.coalesce(ScanResult.finished_at, ScanResult.created_at) < cutoff
+    return func.coalesce(Scan.finished_at, Scan.created_at) < cutoff
 
 
 def purge_once(settings: Settings | None = None, *, now: datetime | None = None,
@@ -201,10 +201,10 @@ def purge_once(settings: Settings | None = None, *, now: datetime | None = None,
 
 
 def _final_scans(tenant_id: str, cutoff: datetime, limit: int, *extra: Any) -> Any:
-    return (select(ScanResult.id, ScanResult.format).where(
-        ScanResult.tenant_id == tenant_id, ScanResult.state.in_(_FINAL),
+    return (select(Scan.id, Scan.format).where(
+        Scan.tenant_id == tenant_id, Scan.state.in_(_FINAL),
         _finished_before(cutoff), *extra)
-        .order_by(ScanResult.finished_at, ScanResult.id).limit(limit)
+        .order_by(Scan.finished_at, Scan.id).limit(limit)
         .with_for_update(skip_locked=True))
 
 
@@ -221,7 +221,7 @@ def _purge_results(session: Session, store: Storage, tenant_id: str, cutoff: dat
         # Batches left without scans go with their last one.
         empty = select(Batch.id).where(
             Batch.tenant_id == tenant_id, Batch.created_at < cutoff,
-            ~exists().where(ScanResult.batch_id == Batch.id))
+            ~exists().where(Scan.batch_id == Batch.id))
         for batch_id in list(session.scalars(empty.limit(limit))):
             for statement in delete_batch_rows(batch_id):
                 session.execute(statement)
@@ -230,26 +230,26 @@ def _purge_results(session: Session, store: Storage, tenant_id: str, cutoff: dat
 
 def _purge_originals(session: Session, store: Storage, tenant_id: str, cutoff: datetime,
                      limit: int, dry_run: bool) -> list[str]:
-    has_blob = exists().where(ScanUpload.scan_id == ScanResult.id)
+    has_blob = exists().where(ScanUpload.scan_id == Scan.id)
     rows = session.execute(_final_scans(tenant_id, cutoff, limit,
-                                        or_(ScanResult.image_ref.is_not(None), has_blob))).all()
+                                        or_(Scan.image_ref.is_not(None), has_blob))).all()
     ids = [scan_id for scan_id, _ in rows]
     if ids and not dry_run:
         remove_assets(store, [original_asset(scan_id, fmt) for scan_id, fmt in rows])
         session.execute(delete(ScanUpload).where(ScanUpload.scan_id.in_(ids)))
-        session.execute(update(ScanResult).where(ScanResult.id.in_(ids)).values(image_ref=None))
+        session.execute(update(Scan).where(Scan.id.in_(ids)).values(image_ref=None))
     return ids
 
 
 def _purge_derived(session: Session, store: Storage, tenant_id: str, cutoff: datetime,
                    limit: int, dry_run: bool) -> list[str]:
     rows = session.execute(_final_scans(tenant_id, cutoff, limit, or_(
-        ScanResult.heatmap_ref.is_not(None), ScanResult.overlay_ref.is_not(None),
-        ScanResult.preview_ref.is_not(None)))).all()
+        Scan.heatmap_ref.is_not(None), Scan.overlay_ref.is_not(None),
+        Scan.preview_ref.is_not(None)))).all()
     ids = [scan_id for scan_id, _ in rows]
     if ids and not dry_run:
         remove_assets(store, [a for scan_id in ids for a in derived_assets(scan_id)])
-        session.execute(update(ScanResult).where(ScanResult.id.in_(ids)).values(
+        session.execute(update(Scan).where(Scan.id.in_(ids)).values(
             heatmap_ref=None, overlay_ref=None, preview_ref=None))
     return ids
 
@@ -258,9 +258,9 @@ def _purge_events(session: Session, store: Storage, tenant_id: str, cutoff: date
                   limit: int, dry_run: bool) -> list[str]:
     """Events of final scans recorded before the cutoff (a scan still in flight keeps all)."""
     rows = session.execute(select(ScanEvent.id, ScanEvent.scan_id).join(
-        ScanResult, ScanResult.id == ScanEvent.scan_id).where(
+        Scan, Scan.id == ScanEvent.scan_id).where(
         ScanEvent.tenant_id == tenant_id, ScanEvent.created_at < cutoff,
-        ScanResult.state.in_(_FINAL)).order_by(ScanEvent.id).limit(limit)).all()
+        Scan.state.in_(_FINAL)).order_by(ScanEvent.id).limit(limit)).all()
     if rows and not dry_run:
         session.execute(delete(ScanEvent).where(ScanEvent.id.in_([event_id for event_id, _ in rows])))
     return [scan_id for _, scan_id in rows]

@@ -125,7 +125,7 @@ def send_scans(app: Any, scan_ids: Sequence[str], batch_size: int,
     a batch to bulk, the others to interactive. Reads their batch ids from the database."""
     from sqlalchemy import select
 
-    from shared.db.models import ScanResult
+    from shared.db.models import Scan
     from shared.db.session import sync_engine
     from shared.settings import get_settings
 
@@ -136,8 +136,8 @@ def send_scans(app: Any, scan_ids: Sequence[str], batch_size: int,
     # A read of its own, never a write lock: callers may hold these rows locked (reconciler).
     with sync_engine().connect() as conn:
         conn.execution_options(sqlite_begin_immediate=False)
-        in_batch = set(conn.scalars(select(ScanResult.id).where(
-            ScanResult.id.in_(ids), ScanResult.batch_id.is_not(None))))
+        in_batch = set(conn.scalars(select(Scan.id).where(
+            Scan.id.in_(ids), Scan.batch_id.is_not(None))))
     bulk = [i for i in ids if i in in_batch]
     single = [i for i in ids if i not in in_batch]
     return (enqueue_scans(app, single, batch_size, s.queue_interactive)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.db.models import Batch, ScanResult
+from shared.db.models import Batch, Scan
 from shared.explanation import Explanation, explanation_for
 from shared.labels import CLASSES
 from shared.states import FINAL_STATES, JobState
@@ -155,7 +155,7 @@ def batch_links(batch_id: str) -> BatchLinks:
                       report=f"/v1/batches/{batch_id}/report.pdf")
 
 
-def scan_out(scan: ScanResult, sign_url: Callable[[str], str]) -> ScanOut:
+def scan_out(scan: Scan, sign_url: Callable[[str], str]) -> ScanOut:
     """`sign_url(ref)` turns a storage ref into a signed, expiring link."""
     def link(ref: str | None) -> str | None:
         return sign_url(ref) if ref else None
@@ -192,7 +192,7 @@ def scan_out(scan: ScanResult, sign_url: Callable[[str], str]) -> ScanOut:
     )
 
 
-def batch_out(batch: Batch, scans: list[ScanResult], sign_url: Callable[[str], str]) -> BatchOut:
+def batch_out(batch: Batch, scans: list[Scan], sign_url: Callable[[str], str]) -> BatchOut:
     counts = {state.value: 0 for state in JobState}
     for scan in scans:
         counts[scan.state] = counts.get(scan.state, 0) + 1

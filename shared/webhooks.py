@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
-from shared.db.models import ScanResult, utcnow
+from shared.db.models import Scan, utcnow
 from shared.db.webhook_models import WebhookDelivery
 from shared.errors import InputError
 from shared.settings import Settings, get_settings
@@ -269,7 +269,7 @@ def plan_scan_webhooks(session: Session, _flush_context: object = None,
     first try planned, in the same transaction as its result (registered for every Session,
     sync or async, below)."""
     for obj in list(session.dirty):
-        if not isinstance(obj, ScanResult) or not obj.callback_url:
+        if not isinstance(obj, Scan) or not obj.callback_url:
             continue
         history = inspect(obj).attrs.state.history
         if not history.added or history.added[0] not in _FINAL:

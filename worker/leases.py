@@ -18,7 +18,7 @@ from types import TracebackType
 
 from sqlalchemy import update
 
-from shared.db.models import ScanResult, utcnow
+from shared.db.models import Scan, utcnow
 from shared.db.session import sync_session
 from shared.states import JobState
 
@@ -36,14 +36,14 @@ def alive_owners() -> frozenset[str]:
 
 
 def _held(scan_ids: Sequence[str], owner: str) -> object:
-    return ((ScanResult.id.in_(list(scan_ids))) & (ScanResult.lease_owner == owner)
-            & (ScanResult.state == JobState.PROCESSING.value))
+    return ((Scan.id.in_(list(scan_ids))) & (Scan.lease_owner == owner)
+            & (Scan.state == JobState.PROCESSING.value))
 
 
 def renew(scan_ids: Sequence[str], owner: str, lease_s: float) -> int:
     """Push the lease forward on the scans `owner` still holds; returns how many."""
     with sync_session() as session:
-        result = session.execute(update(ScanResult).where(_held(scan_ids, owner)).values(
+        result = session.execute(update(Scan).where(_held(scan_ids, owner)).values(
             lease_expires_at=utcnow() + timedelta(seconds=lease_s)))
         return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -53,7 +53,7 @@ def release(scan_ids: Sequence[str], owner: str) -> None:
     when the database is what failed, the lease runs out by itself."""
     try:
         with sync_session() as session:
-            session.execute(update(ScanResult).where(_held(scan_ids, owner)).values(
+            session.execute(update(Scan).where(_held(scan_ids, owner)).values(
                 lease_owner=None, lease_expires_at=None))
     except Exception:
         log.warning("could not release %d scans; their lease will run out", len(scan_ids),

@@ -29,7 +29,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared.db.models import Batch, ScanResult, ScanUpload, new_id, utcnow
+from shared.db.models import Batch, Scan, ScanUpload, new_id, utcnow
 from shared.db.session import sync_session
 from shared.errors import UNDECODABLE, InputError
 from shared.events import transition
@@ -102,9 +102,9 @@ def claim(session: Session, scan_ids: Sequence[str], owner: str | None = None,
     now = utcnow()
     expires = now + timedelta(seconds=lease_s or get_settings().scan_lease_s)
     # Rows are always locked in id order (here, in finish, in fail_unfinished): no deadlocks.
-    rows = [row for row in session.scalars(select(ScanResult).where(
-        ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(UNFINISHED_STATES)
-    ).order_by(ScanResult.id).with_for_update()).all()
+    rows = [row for row in session.scalars(select(Scan).where(
+        Scan.id.in_(list(scan_ids)), Scan.state.in_(UNFINISHED_STATES)
+    ).order_by(Scan.id).with_for_update()).all()
         # A duplicate message must not run a scan another worker is still working on.
         if row.lease_owner in (None, owner) or row.lease_expires_at is None
         or row.lease_expires_at <= now]
@@ -140,13 +140,13 @@ def claim_queued(session: Session, limit: int, owner: str, lease_s: float,
     "Guarantees") and not locked by another worker (SKIP LOCKED)."""
     if limit <= 0:
         return []
-    query = select(ScanResult.id).where(
-        ScanResult.state == JobState.QUEUED.value, ScanResult.lease_owner.is_(None),
-        ScanResult.lost_leases == 0, ScanResult.id.not_in(list(exclude)))
+    query = select(Scan.id).where(
+        Scan.state == JobState.QUEUED.value, Scan.lease_owner.is_(None),
+        Scan.lost_leases == 0, Scan.id.not_in(list(exclude)))
     if singles_only:
-        query = query.where(ScanResult.batch_id.is_(None))
-    singles_first = case((ScanResult.batch_id.is_(None), 0), else_=1)
-    ids = list(session.scalars(query.order_by(singles_first, ScanResult.created_at, ScanResult.id)
+        query = query.where(Scan.batch_id.is_(None))
+    singles_first = case((Scan.batch_id.is_(None), 0), else_=1)
+    ids = list(session.scalars(query.order_by(singles_first, Scan.created_at, Scan.id)
                                .limit(limit).with_for_update(skip_locked=True)))
     return claim(session, ids, owner, lease_s) if ids else []
 
@@ -238,12 +238,12 @@ def analyse_and_store(items: Sequence[Claimed], model: LoadedModel,
     return outcomes
 
 
-def finish(session: Session, outcomes: Sequence[Outcome]) -> list[ScanResult]:
+def finish(session: Session, outcomes: Sequence[Outcome]) -> list[Scan]:
     """Write each outcome to its scan if the scan is not final yet; returns the scans finished."""
     by_id = {o.scan_id: o for o in outcomes}
-    rows = session.scalars(select(ScanResult).where(
-        ScanResult.id.in_(list(by_id)), ScanResult.state.in_(UNFINISHED_STATES))
-        .order_by(ScanResult.id).with_for_update()).all()
+    rows = session.scalars(select(Scan).where(
+        Scan.id.in_(list(by_id)), Scan.state.in_(UNFINISHED_STATES))
+        .order_by(Scan.id).with_for_update()).all()
     now = utcnow()
     for row in rows:
         outcome = by_id[row.id]
@@ -260,7 +260,7 @@ def finish(session: Session, outcomes: Sequence[Outcome]) -> list[ScanResult]:
     return list(rows)
 
 
-def fail_row(session: Session, row: ScanResult, code: str, message: str) -> None:
+def fail_row(session: Session, row: Scan, code: str, message: str) -> None:
     row.error_code, row.error_message = code, message
     row.lease_owner = row.lease_expires_at = None
     transition(session, row, JobState.FAILED)
@@ -270,9 +270,9 @@ def fail_unfinished(scan_ids: Sequence[str], code: str, message: str,
                     notify: Notify | None = None) -> list[str]:
     """Give up on scans a task could not finish: failed with `code`, never left processing."""
     with sync_session() as session:
-        rows = session.scalars(select(ScanResult).where(
-            ScanResult.id.in_(list(scan_ids)), ScanResult.state.in_(UNFINISHED_STATES))
-            .order_by(ScanResult.id).with_for_update()).all()
+        rows = session.scalars(select(Scan).where(
+            Scan.id.in_(list(scan_ids)), Scan.state.in_(UNFINISHED_STATES))
+            .order_by(Scan.id).with_for_update()).all()
         for row in rows:
             fail_row(session, row, code, message)
         done = [(r.id, r.callback_url, r.batch_id) for r in rows]
@@ -290,8 +290,8 @@ def announce(done: Sequence[tuple[str, str | None, str | None]], notify: Notify 
             notify(scan_id, "scan")
     for batch_id in sorted({b for _, _, b in done if b}):
         with sync_session() as session:
-            unfinished = session.scalar(select(ScanResult.id).where(
-                ScanResult.batch_id == batch_id, ScanResult.state.in_(UNFINISHED_STATES)).limit(1))
+            unfinished = session.scalar(select(Scan.id).where(
+                Scan.batch_id == batch_id, Scan.state.in_(UNFINISHED_STATES)).limit(1))
             if unfinished is not None:
                 continue
             won = session.execute(update(Batch).where(

@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Batch, ScanResult, utcnow
+from shared.db.models import Batch, Scan, utcnow
 from shared.db.session import sync_session
 from shared.db.webhook_models import WebhookDelivery
 from shared.lifecycle import purge_once
@@ -137,8 +137,8 @@ def _plan_lost_batches(session: Session, now: datetime, cutoff: datetime) -> lis
     finished (the worker died between the results and the batch decision), or finished with no
     delivery row (the task was lost). Both at least WEBHOOK_RESEND_AGE_S old."""
     horizon = now - WEBHOOK_HORIZON
-    unfinished = exists().where(ScanResult.batch_id == Batch.id,
-                                ScanResult.state.in_((JobState.QUEUED.value,
+    unfinished = exists().where(Scan.batch_id == Batch.id,
+                                Scan.state.in_((JobState.QUEUED.value,
                                                       JobState.PROCESSING.value)))
     planned = exists().where(WebhookDelivery.batch_id == Batch.id)
     ids = list(session.scalars(select(Batch.id).where(
@@ -159,12 +159,12 @@ def _plan_lost_batches(session: Session, now: datetime, cutoff: datetime) -> lis
     return planned_now
 
 
-def _expired(now: datetime) -> Select[tuple[ScanResult]]:
-    query = select(ScanResult).where(
-        ScanResult.state == JobState.PROCESSING.value, ScanResult.lease_expires_at < now)
+def _expired(now: datetime) -> Select[tuple[Scan]]:
+    query = select(Scan).where(
+        Scan.state == JobState.PROCESSING.value, Scan.lease_expires_at < now)
     if alive := alive_owners():  # a task running here is alive, however late its heartbeat
-        query = query.where(ScanResult.lease_owner.not_in(alive))
-    return query.order_by(ScanResult.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)
+        query = query.where(Scan.lease_owner.not_in(alive))
+    return query.order_by(Scan.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)
 
 
 def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Send,
@@ -172,7 +172,7 @@ def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Sen
     last_chance = s.scan_max_lost_leases - 1
     # First the scans out of chances: failed alone, whatever the broker's state.
     with sync_session() as session:
-        rows = session.scalars(_expired(now).where(ScanResult.lost_leases >= last_chance)).all()
+        rows = session.scalars(_expired(now).where(Scan.lost_leases >= last_chance)).all()
         for row in rows:
             row.lost_leases += 1
             pipeline.fail_row(session, row, "poison_input", POISON_MESSAGE.format(n=row.lost_leases))
@@ -182,7 +182,7 @@ def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Sen
         log.error("failed %d scans as poison_input: %s", len(poisoned), report.poisoned)
         pipeline.announce(poisoned, notify)
     with sync_session() as session:
-        rows = session.scalars(_expired(now).where(ScanResult.lost_leases < last_chance)).all()
+        rows = session.scalars(_expired(now).where(Scan.lost_leases < last_chance)).all()
         for row in rows:
             row.lost_leases += 1
             row.lease_owner = row.lease_expires_at = None
@@ -197,14 +197,14 @@ def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Sen
 def _resend_unclaimed(s: Settings, now: datetime, age_s: float, report: PassReport,
                       send: Send) -> None:
     cutoff = now - timedelta(seconds=age_s)
-    last_sent = func.coalesce(ScanResult.enqueued_at, ScanResult.started_at, ScanResult.created_at)
+    last_sent = func.coalesce(Scan.enqueued_at, Scan.started_at, Scan.created_at)
     with sync_session() as session:
-        rows = session.scalars(select(ScanResult).where(
-            or_(ScanResult.state == JobState.QUEUED.value,
-                (ScanResult.state == JobState.PROCESSING.value)
-                & ScanResult.lease_expires_at.is_(None)),
+        rows = session.scalars(select(Scan).where(
+            or_(Scan.state == JobState.QUEUED.value,
+                (Scan.state == JobState.PROCESSING.value)
+                & Scan.lease_expires_at.is_(None)),
             last_sent < cutoff,
-        ).order_by(ScanResult.created_at, ScanResult.id).limit(PASS_LIMIT)
+        ).order_by(Scan.created_at, Scan.id).limit(PASS_LIMIT)
             .with_for_update(skip_locked=True)).all()
         if not rows:
             return

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 from shared import multipart_related, reid
 from shared.db.dicom_models import DicomInstance, DicomSeries
-from shared.db.models import ScanResult, Tenant, utcnow
+from shared.db.models import Scan, Tenant, utcnow
 from shared.db.session import sync_session
 from shared.reports.preview import preview_png
 from shared.reports.series_pdf import render_series_report
@@ -67,9 +67,9 @@ def finalize(series_id: str, now: datetime | None = None,
             if now < settled:
                 return max((settled - now).total_seconds(), 0.1)
         rows = session.execute(
-            select(DicomInstance.instance_number, ScanResult.id, ScanResult.state,
-                   ScanResult.probabilities, ScanResult.error_code)
-            .join(ScanResult, ScanResult.id == DicomInstance.scan_id)
+            select(DicomInstance.instance_number, Scan.id, Scan.state,
+                   Scan.probabilities, Scan.error_code)
+            .join(Scan, Scan.id == DicomInstance.scan_id)
             .where(DicomInstance.series_id == series_id)).all()
         if any(r[2] not in _FINAL for r in rows):
             session.execute(update(DicomSeries).where(
@@ -114,10 +114,10 @@ def deliver(series_id: str, settings: Settings | None = None) -> dict[str, Any]:
             return {}
         original = reid.unseal(series.tenant_id, series.reid, s)
         rows = session.execute(
-            select(DicomInstance, ScanResult)
-            .join(ScanResult, ScanResult.id == DicomInstance.scan_id)
+            select(DicomInstance, Scan)
+            .join(Scan, Scan.id == DicomInstance.scan_id)
             .where(DicomInstance.series_id == series_id)
-            .order_by(DicomInstance.instance_number, ScanResult.id)).all()
+            .order_by(DicomInstance.instance_number, Scan.id)).all()
         slices, key_src, key_scan, table = [], None, None, []
         for inst, scan in rows:
             if inst.reid is None:

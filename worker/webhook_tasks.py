@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.audit import shares_filenames
-from shared.db.models import Batch, ScanResult, utcnow
+from shared.db.models import Batch, Scan, utcnow
 from shared.db.queries import scans_of_batch
 from shared.db.session import sync_session
 from shared.db.webhook_models import WebhookDelivery
@@ -95,7 +95,7 @@ def _body(target_id: str, kind: str, settings: Settings) -> tuple[dict[str, Any]
     names into webhooks (`neuroscan privacy`)."""
     with sync_session() as session:
         if kind == "scan":
-            scan = session.get(ScanResult, target_id)
+            scan = session.get(Scan, target_id)
             if scan is None:
                 raise LookupError(f"no scan {target_id}")
             return (scan_out(scan, _signer(settings, scan.tenant_id)).model_dump(mode="json"),
@@ -121,7 +121,7 @@ def _first_row(session: Session, target_id: str, kind: str, attempt: int | None,
     """A new row for a target that has none (none numbered `attempt`, if given), if it is
     due a webhook: a finished scan or batch with a callback URL. The target row is locked
     first, so that two callers (a task and the reconciler) never both create it."""
-    model = ScanResult if kind == "scan" else Batch
+    model = Scan if kind == "scan" else Batch
     target = session.scalars(select(model).where(model.id == target_id).with_for_update()).first()
     if target is None or not target.callback_url:
         return None

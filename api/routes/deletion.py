@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import BatchDep, CurrentPrincipal, ScanDep, SessionDep, StorageDep
 from shared import lifecycle
-from shared.db.models import ScanResult
+from shared.db.models import Scan
 from shared.db.session import async_write_session, release
 from shared.schemas import ErrorResponse
 from shared.storage import Storage, StorageError
@@ -84,7 +84,7 @@ async def delete_batch(batch: BatchDep, session: SessionDep, principal: CurrentP
                        storage: StorageDep, request: Request) -> Response:
     """Remove every scan of the batch as `DELETE /v1/scans/{id}` does, then the batch."""
     scans = [(scan_id, fmt) for scan_id, fmt in (await session.execute(
-        select(ScanResult.id, ScanResult.format).where(
-            ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id))).all()]
+        select(Scan.id, Scan.format).where(
+            Scan.batch_id == batch.id, Scan.tenant_id == batch.tenant_id))).all()]
     await release(session)
     return await _delete(principal, storage, request, scans, f"batch:{batch.id}", batch.id)

@@ -22,7 +22,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import select
 
 from api.deps import BatchDep, ScanDep, SessionDep
-from shared.db.models import ScanEvent, ScanResult
+from shared.db.models import Scan, ScanEvent
 from shared.db.session import async_session_factory, release
 from shared.events import event_payload
 from shared.states import FINAL_STATES
@@ -73,8 +73,8 @@ async def _follow(tenant_id: str, *, scan_id: str | None = None, batch_id: str |
     while len(final) < expected:
         woken.clear()  # before the query: news arriving during it is not lost
         async with factory() as session:  # short sessions: no transaction held while waiting
-            query = (select(ScanEvent, ScanResult)
-                     .join(ScanResult, ScanResult.id == ScanEvent.scan_id)
+            query = (select(ScanEvent, Scan)
+                     .join(Scan, Scan.id == ScanEvent.scan_id)
                      .where(ScanEvent.tenant_id == tenant_id, ScanEvent.id > last)
                      .order_by(ScanEvent.id).limit(500))
             query = query.where(ScanEvent.scan_id == scan_id) if scan_id else \

@@ -19,7 +19,7 @@ from api.deps import CurrentPrincipal, SessionDep, SettingsDep, StorageDep
 from api.routes.deletion import request_id_of
 from shared import export as tenant_export
 from shared import lifecycle
-from shared.db.models import ScanResult, utcnow
+from shared.db.models import Scan, utcnow
 from shared.db.session import async_write_session, release
 
 router = APIRouter(tags=["export"])
@@ -33,8 +33,8 @@ async def export_zip(principal: CurrentPrincipal, session: SessionDep, settings:
     """Every scan of the caller's tenant (result JSON, FHIR, PDF report, original and
     Grad-CAM images), its batches and DICOM series findings, with `manifest.json`."""
     tenant = principal.tenant
-    scans = await session.scalar(select(func.count()).select_from(ScanResult).where(
-        ScanResult.tenant_id == tenant.id))
+    scans = await session.scalar(select(func.count()).select_from(Scan).where(
+        Scan.tenant_id == tenant.id))
     await release(session)
     async with async_write_session() as write:
         write.add(lifecycle.audit(tenant.id, "export", f"tenant:{tenant.id}",

@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from api.audit import request_id
 from api.deps import SessionDep, SettingsDep, StorageDep
 from shared import audit
-from shared.db.models import ScanResult
+from shared.db.models import Scan
 from shared.db.session import release
 from shared.storage import LocalStorage, signing
 
@@ -54,8 +54,8 @@ async def get_media(folder: str, name: str, expires: int, sig: str, request: Req
     match = _SCAN_NAME.match(name)
     owner = None
     if match:
-        owner = await session.scalar(select(ScanResult.id).where(
-            ScanResult.id == match.group(1), ScanResult.tenant_id == t))
+        owner = await session.scalar(select(Scan.id).where(
+            Scan.id == match.group(1), Scan.tenant_id == t))
     await release(session)
     if owner is None or not path.is_file():
         raise _missing()

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.audit import AuditTrailDep
 from api.deps import BatchDep, ScanDep, SessionDep, StorageDep, UrlSigner
 from shared.audit import shares_filenames_async
-from shared.db.models import ScanResult, ScanUpload
+from shared.db.models import Scan, ScanUpload
 from shared.db.queries import scans_of_batch
 from shared.db.session import release
 from shared.fhir import FHIR_MEDIA_TYPE, scan_to_fhir
@@ -37,7 +37,7 @@ def _pdf(data: bytes, name: str) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-async def _original(session: SessionDep, storage: Storage, scan: ScanResult) -> bytes | None:
+async def _original(session: SessionDep, storage: Storage, scan: Scan) -> bytes | None:
     """The worker's PNG rendition (DICOM: no re-decoding here), else the stored original
     (already de-identified), else the accepted upload's bytes. The session's connection is
     given back before storage is read: storage and rendering need no database."""

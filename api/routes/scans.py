@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api import idempotency, intake
 from api.audit import AuditTrailDep
 from api.deps import CurrentTenant, ScanDep, SessionDep, SettingsDep, UrlSigner
-from shared.db.models import ScanResult
+from shared.db.models import Scan
 from shared.db.session import async_write_session
 from shared.errors import InputError
 from shared.labels import CLASSES
@@ -100,15 +100,15 @@ async def list_scans(
     if label is not None and label not in CLASSES:
         raise InputError(f"Unknown label {label!r}; use one of {', '.join(CLASSES)}.",
                          code="validation_error")
-    query = select(ScanResult).where(ScanResult.tenant_id == tenant.id)
+    query = select(Scan).where(Scan.tenant_id == tenant.id)
     if state is not None:
-        query = query.where(ScanResult.state == state.value)
+        query = query.where(Scan.state == state.value)
     if label is not None:
-        query = query.where(ScanResult.label == label)
+        query = query.where(Scan.label == label)
     if batch_id is not None:
-        query = query.where(ScanResult.batch_id == batch_id)
+        query = query.where(Scan.batch_id == batch_id)
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(query.order_by(ScanResult.created_at.desc(), ScanResult.id)
+    rows = await session.scalars(query.order_by(Scan.created_at.desc(), Scan.id)
                                  .offset((page - 1) * page_size).limit(page_size))
     items = [scan_out(r, sign_url) for r in rows]
     trail.read("history", "scans", scans=[item.id for item in items])

@@ -14,7 +14,7 @@ from api import series_intake
 from api.audit import AuditTrailDep
 from api.deps import CurrentTenant, SessionDep, UrlSigner
 from shared.db.dicom_models import DicomInstance, DicomSeries
-from shared.db.models import ScanResult, utcnow
+from shared.db.models import Scan, utcnow
 from shared.db.session import async_write_session
 from shared.schemas import ErrorResponse, ScanOut, scan_out
 
@@ -106,10 +106,10 @@ async def read_series(series: SeriesDep, session: SessionDep, sign_url: UrlSigne
     """The series finding, its key slice (with heatmap links) and every slice beneath."""
     trail.read("series", f"series:{series.id}")
     rows = (await session.execute(
-        select(DicomInstance.instance_number, ScanResult)
-        .join(ScanResult, ScanResult.id == DicomInstance.scan_id)
+        select(DicomInstance.instance_number, Scan)
+        .join(Scan, Scan.id == DicomInstance.scan_id)
         .where(DicomInstance.series_id == series.id)
-        .order_by(DicomInstance.instance_number, ScanResult.id))).all()
+        .order_by(DicomInstance.instance_number, Scan.id))).all()
     slices, key = [], None
     for number, scan in rows:
         probs = scan.probabilities or {}

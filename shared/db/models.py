@@ -108,7 +108,7 @@ class Batch(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class ScanResult(Base):
+class Scan(Base):
     """One uploaded image and everything that happened to it (table `scan_results`)."""
 
     __tablename__ = "scan_results"
@@ -181,7 +181,7 @@ class ScanUpload(Base):
     media_type: Mapped[str] = mapped_column(String(100))
 
     # Orders inserts: the scan row before its upload in the same flush.
-    scan: Mapped[ScanResult] = relationship(lazy="raise")
+    scan: Mapped[Scan] = relationship(lazy="raise")
 
 
 class ScanEvent(Base):
@@ -201,4 +201,4 @@ class ScanEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     # Orders inserts: the scan row before its events in the same flush.
-    scan: Mapped[ScanResult] = relationship(lazy="raise")
+    scan: Mapped[Scan] = relationship(lazy="raise")

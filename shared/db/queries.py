@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from sqlalchemy import Select, select
 
-from shared.db.models import Batch, ScanResult
+from shared.db.models import Batch, Scan
 
 
-def scans_of_batch(batch: Batch) -> Select[tuple[ScanResult]]:
+def scans_of_batch(batch: Batch) -> Select[tuple[Scan]]:
     """A batch's scans, in the order they were accepted, never another tenant's."""
-    return (select(ScanResult)
-            .where(ScanResult.batch_id == batch.id, ScanResult.tenant_id == batch.tenant_id)
-            .order_by(ScanResult.created_at, ScanResult.id))
+    return (select(Scan)
+            .where(Scan.batch_id == batch.id, Scan.tenant_id == batch.tenant_id)
+            .order_by(Scan.created_at, Scan.id))

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, select, text, update
 
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import ScanEvent, ScanResult, ScanUpload, User, utcnow
+from shared.db.models import Scan, ScanEvent, ScanUpload, User, utcnow
 from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from tests.support.images import brain_png
@@ -88,7 +88,7 @@ async def test_upload_is_stored_with_its_event_and_enqueued(client: httpx.AsyncC
                                  "events": f"/v1/scans/{scan_id}/events",
                                  "report": f"/v1/scans/{scan_id}/report.pdf", "batch": None}
     with sync_session() as session:
-        scan = session.get(ScanResult, scan_id)
+        scan = session.get(Scan, scan_id)
         assert (scan.state, scan.filename, scan.size_bytes) == ("queued", "scan.png", len(data))
         assert scan.callback_url == "http://127.0.0.1:9/hook"
         assert session.get(ScanUpload, scan_id).data == data
@@ -135,7 +135,7 @@ async def test_media_links_are_signed_and_expire(client: httpx.AsyncClient, root
     storage = get_storage()
     with sync_session() as session:  # links are bound to the tenant owning the scan
         tenant_id = (await client.get("/v1/me")).json()["tenant"]["id"]
-        scan = ScanResult(tenant_id=tenant_id, state="succeeded", format="png", size_bytes=1,
+        scan = Scan(tenant_id=tenant_id, state="succeeded", format="png", size_bytes=1,
                           sha256="0" * 64)
         session.add(scan)
         session.flush()

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from shared.db.dicom_models import DicomSeries
 from shared.db.lifecycle_models import AuditEvent
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import Batch, ScanResult, utcnow
+from shared.db.models import Batch, Scan, utcnow
 from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.settings import _with_driver
@@ -57,7 +57,7 @@ def _finished_scan(tenant_id: str, filename: str = "case.png",
 
     storage = get_storage()
     with sync_session() as session:
-        scan = ScanResult(tenant_id=tenant_id, batch_id=batch_id, state="succeeded",
+        scan = Scan(tenant_id=tenant_id, batch_id=batch_id, state="succeeded",
                           filename=filename, format="png", size_bytes=10, sha256="0" * 64,
                           label="glioma", confidence=0.91, probabilities=PROBS,
                           finished_at=utcnow(), started_at=utcnow())

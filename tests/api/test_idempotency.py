@@ -22,7 +22,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, update
 
 from shared.db.idempotency_models import IdempotencyKey
-from shared.db.models import Base, Batch, ScanResult, utcnow
+from shared.db.models import Base, Batch, Scan, utcnow
 from shared.db.session import sync_engine, sync_session
 from shared.db.tenants import issue_key
 from tests.support.images import brain_png
@@ -61,7 +61,7 @@ def _count(model: type[Base], **where: object) -> int:
 
 
 def _scans_named(filename: str) -> int:
-    return _count(ScanResult, filename=filename)
+    return _count(Scan, filename=filename)
 
 
 def test_the_migration_builds_the_model(database: str) -> None:
@@ -234,4 +234,4 @@ async def test_the_client_retries_a_lost_answer_with_the_same_key(
     uuid.UUID(str(network.keys[0]))  # one fresh UUID for the submission
     assert _scans_named(name) == 1
     with sync_session() as session:
-        assert session.scalar(select(ScanResult.id).where(ScanResult.filename == name)) == ids[0]
+        assert session.scalar(select(Scan.id).where(Scan.filename == name)) == ids[0]

@@ -13,7 +13,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import ScanResult, Tenant, utcnow
+from shared.db.models import Scan, Tenant, utcnow
 from shared.db.session import create_sync_db_engine
 from shared.db.webhook_models import WebhookDelivery
 from tests.support.images import brain_png, colour_photo_png
@@ -61,7 +61,7 @@ def test_unfinished_scan_is_409_and_other_tenants_get_404(stack: LiveStack) -> N
     try:
         with Session(engine) as session, session.begin():
             tenant = session.scalar(select(Tenant).where(Tenant.name == stack.tenant))
-            row = ScanResult(tenant_id=tenant.id, state="queued", format="png", size_bytes=1,
+            row = Scan(tenant_id=tenant.id, state="queued", format="png", size_bytes=1,
                              sha256="0" * 64, created_at=utcnow())
             session.add(row)
             session.flush()

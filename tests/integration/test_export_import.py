@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.lifecycle_models import AuditEvent
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import Batch, ScanEvent, ScanResult, Tenant
+from shared.db.models import Batch, Scan, ScanEvent, Tenant
 from shared.db.session import sync_session
 from shared.export import MANIFEST, ExportError, export_tenant, import_tenant
 from shared.settings import Settings, _with_driver
@@ -158,7 +158,7 @@ def _snapshot(settings: Settings, tenant: str) -> dict[str, Any]:
     storage = get_storage(settings)
     with sync_session(settings.sync_database_url) as session:
         tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
-        scans = session.scalars(select(ScanResult).where(ScanResult.tenant_id == tenant_id)).all()
+        scans = session.scalars(select(Scan).where(Scan.tenant_id == tenant_id)).all()
         batches = session.scalars(select(Batch).where(Batch.tenant_id == tenant_id)).all()
         series = session.scalars(select(DicomSeries).where(
             DicomSeries.tenant_id == tenant_id)).all()
@@ -193,7 +193,7 @@ def _snapshot(settings: Settings, tenant: str) -> dict[str, Any]:
 def _counts(settings: Settings) -> dict[str, int]:
     with sync_session(settings.sync_database_url) as session:
         return {model.__tablename__: session.scalar(select(func.count()).select_from(model))
-                for model in (ScanResult, ScanEvent, Batch, DicomSeries, DicomInstance)}
+                for model in (Scan, ScanEvent, Batch, DicomSeries, DicomInstance)}
 
 
 def test_export_reimports_as_the_same_results(stack: LiveStack, source: Source,

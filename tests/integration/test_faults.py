@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
-from shared.db.models import ScanEvent, ScanResult
+from shared.db.models import Scan, ScanEvent
 from tests.support.images import brain_slice, encode
 from tests.support.stack import LiveStack, free_port, start_stack
 from tests.support.tcp_proxy import TcpProxy
@@ -221,9 +221,9 @@ def _audit(stack: LiveStack, scan_ids: list[str]) -> dict[str, Any]:
     engine = create_engine(stack.sync_database_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(ScanResult.id, ScanResult.state, ScanResult.error_code,
-                                       ScanResult.attempts)
-                                .where(ScanResult.id.in_(scan_ids))).all()
+            rows = conn.execute(select(Scan.id, Scan.state, Scan.error_code,
+                                       Scan.attempts)
+                                .where(Scan.id.in_(scan_ids))).all()
             finals = dict(conn.execute(
                 select(ScanEvent.scan_id, func.count()).where(
                     ScanEvent.scan_id.in_(scan_ids),

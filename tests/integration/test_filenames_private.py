@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import Batch, ScanResult, utcnow
+from shared.db.models import Batch, Scan, utcnow
 from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.schemas import batch_out, scan_out
@@ -44,7 +44,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             batch = Batch(tenant_id=issued.tenant.id, total=1, finished_at=utcnow())
             session.add(batch)
             session.flush()
-            scan = ScanResult(tenant_id=issued.tenant.id, batch_id=batch.id, state="succeeded",
+            scan = Scan(tenant_id=issued.tenant.id, batch_id=batch.id, state="succeeded",
                               filename=NAME, format="png", size_bytes=10, sha256="0" * 64,
                               label="glioma", confidence=0.9, probabilities=PROBS,
                               finished_at=utcnow())
@@ -106,7 +106,7 @@ async def test_pdf_reports_name_the_file_only_after_the_tenant_opts_in(
 
 def test_webhook_payloads_carry_no_file_names_by_default(env: dict[str, str]) -> None:
     with sync_session() as session:
-        scan = session.get(ScanResult, env["scan"])
+        scan = session.get(Scan, env["scan"])
         batch = session.get(Batch, env["batch"])
         assert scan is not None and batch is not None
         scan_body = scan_out(scan, lambda ref: ref).model_dump(mode="json")
@@ -136,7 +136,7 @@ def pg_scan(tmp_path: Path) -> Iterator[tuple[str, str, Receiver]]:
             upgrade_to_head()
             with sync_session() as session:
                 tenant = issue_key(session, TENANT).tenant
-                scan = ScanResult(tenant_id=tenant.id, state="succeeded", filename=NAME,
+                scan = Scan(tenant_id=tenant.id, state="succeeded", filename=NAME,
                                   format="png", size_bytes=10, sha256="0" * 64, label="glioma",
                                   confidence=0.9, probabilities=PROBS, finished_at=utcnow(),
                                   callback_url=receiver.url,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, func, select, update
 
-from shared.db.models import ScanEvent, ScanResult
+from shared.db.models import Scan, ScanEvent
 from shared.labels import CLASSES
 from shared.queue import PROCESS_SCANS, make_producer
 from shared.settings import Settings
@@ -269,13 +269,13 @@ def test_task_run_twice_leaves_one_result_and_one_asset(stack: LiveStack,
         # A worker that died after storing the images but before acknowledging: the scan is
         # still `processing` and the broker delivers the task again.
         with engine.begin() as conn:
-            conn.execute(update(ScanResult).where(ScanResult.id == scan_id)
+            conn.execute(update(Scan).where(Scan.id == scan_id)
                          .values(state="processing", finished_at=None))
         producer.send_task(PROCESS_SCANS, args=[[scan_id]])
         second = wait_for_scan(client, scan_id)
         with engine.connect() as conn:
-            rows = conn.scalar(select(func.count()).select_from(ScanResult)
-                               .where(ScanResult.id == scan_id))
+            rows = conn.scalar(select(func.count()).select_from(Scan)
+                               .where(Scan.id == scan_id))
             succeeded_events = conn.scalar(select(func.count()).select_from(ScanEvent).where(
                 ScanEvent.scan_id == scan_id, ScanEvent.state == "succeeded"))
     finally:

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.lifecycle_models import AuditEvent, TenantRetention
-from shared.db.models import ScanEvent, ScanResult, ScanUpload, Tenant, utcnow
+from shared.db.models import Scan, ScanEvent, ScanUpload, Tenant, utcnow
 from shared.db.session import sync_session
 from shared.export import MANIFEST, export_tenant
 from shared.lifecycle import purge_once, settle_results
@@ -315,8 +315,8 @@ def test_purge_after_retention_leaves_nothing_expired(stack: LiveStack, client: 
     while purge_once(settings, now=end, limit=2):  # bounded batches until done
         pass
     with sync_session(url) as session:
-        assert session.scalar(select(func.count()).select_from(ScanResult).where(
-            ScanResult.state.in_(("succeeded", "failed")))) == 0
+        assert session.scalar(select(func.count()).select_from(Scan).where(
+            Scan.state.in_(("succeeded", "failed")))) == 0
         assert session.scalar(select(func.count()).select_from(ScanEvent)) == 0
         assert session.scalar(select(func.count()).select_from(ScanUpload)) == 0
         # The series findings went with their last slices.

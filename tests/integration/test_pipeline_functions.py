@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from api.intake import AcceptedUpload, add_scan, new_batch
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import Batch, ScanEvent, ScanResult
+from shared.db.models import Batch, Scan, ScanEvent
 from shared.db.session import sync_session
 from shared.settings import get_settings
 from shared.storage import LocalStorage, StorageError, get_storage
@@ -54,9 +54,9 @@ def _queue(tenant_id: str, *payloads: bytes, batch: bool = False,
     return ids, batch_row.id if batch_row else None
 
 
-def _scan(scan_id: str) -> ScanResult:
+def _scan(scan_id: str) -> Scan:
     with sync_session() as session:
-        return session.get(ScanResult, scan_id)
+        return session.get(Scan, scan_id)
 
 
 def _states(scan_id: str) -> list[str]:
@@ -252,13 +252,13 @@ def test_dynamic_batching_gathers_queued_scans_and_gives_them_back_on_failure(
     from worker import pipeline
 
     with sync_session() as session:  # earlier tests' leftovers must not join these batches
-        for row in session.scalars(select(ScanResult).where(ScanResult.state == "queued")):
+        for row in session.scalars(select(Scan).where(Scan.state == "queued")):
             pipeline.fail_row(session, row, "test_cleanup", "left over by an earlier test")
     own, _ = _queue(tenant_id, brain_png(60))
     others = [_queue(tenant_id, brain_png(61 + i))[0][0] for i in range(3)]  # oldest first
     lost, _ = _queue(tenant_id, brain_png(64))
     with sync_session() as session:  # a scan once lost by a worker runs alone: never gathered
-        session.get(ScanResult, lost[0]).lost_leases = 1
+        session.get(Scan, lost[0]).lost_leases = 1
     resent: list[list[str]] = []
     broken = _BrokenStorage(env / "media", secret_key="x")
     with pytest.raises(StorageError):

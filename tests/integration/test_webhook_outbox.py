@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import Batch, ScanResult, Tenant, utcnow
+from shared.db.models import Batch, Scan, Tenant, utcnow
 from shared.db.session import forget_engines, sync_engine, sync_session
 from shared.db.webhook_models import WebhookDelivery
 from shared.events import transition
@@ -73,7 +73,7 @@ def _tenant() -> str:
 
 def _queued(tenant_id: str, callback: str | None, batch_id: str | None = None) -> str:
     with sync_session() as session:
-        scan = ScanResult(tenant_id=tenant_id, batch_id=batch_id, state="queued", format="png",
+        scan = Scan(tenant_id=tenant_id, batch_id=batch_id, state="queued", format="png",
                           size_bytes=10, sha256="0" * 64, callback_url=callback)
         session.add(scan)
         session.flush()
@@ -82,7 +82,7 @@ def _queued(tenant_id: str, callback: str | None, batch_id: str | None = None) -
 
 def _finish(scan_id: str, *, commit: bool = True) -> None:
     with sync_session() as session:
-        scan = session.get(ScanResult, scan_id)
+        scan = session.get(Scan, scan_id)
         scan.error_code, scan.error_message = "poison_input", "test"
         transition(session, scan, JobState.FAILED)
         session.flush()

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from shared.db.migrate import alembic_config, upgrade_to_head
-from shared.db.models import Base, ScanResult, Tenant, User
+from shared.db.models import Base, Scan, Tenant, User
 from shared.db.session import (
     _split_postgres_options,
     create_async_db_engine,
@@ -174,5 +174,5 @@ async def test_asyncpg_connects_with_a_libpq_style_url(pg_database_url: str) -> 
 
 
 def test_scan_ids_are_uuid_strings() -> None:
-    column = ScanResult.__table__.c.id
+    column = Scan.__table__.c.id
     assert column.type.length == 36 and column.primary_key

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import ScanEvent, ScanResult, Tenant
+from shared.db.models import Scan, ScanEvent, Tenant
 from shared.db.session import create_sync_db_engine
 from shared.events import InvalidTransition, event_payload, transition
 from shared.states import JobState
@@ -29,11 +29,11 @@ def session(tmp_path: Path) -> Iterator[Session]:
     engine.dispose()
 
 
-def _scan(session: Session) -> ScanResult:
+def _scan(session: Session) -> Scan:
     tenant = Tenant(name="events-hospital")
     session.add(tenant)
     session.flush()
-    scan = ScanResult(tenant_id=tenant.id, format="png", sha256="0" * 64)
+    scan = Scan(tenant_id=tenant.id, format="png", sha256="0" * 64)
     session.add(scan)
     session.commit()
     return scan
@@ -71,7 +71,7 @@ def test_a_rolled_back_change_leaves_no_event(session: Session) -> None:
     scan = _scan(session)
     transition(session, scan, JobState.PROCESSING)
     session.rollback()
-    assert session.get(ScanResult, scan.id).state == "queued"
+    assert session.get(Scan, scan.id).state == "queued"
     assert session.scalars(select(ScanEvent)).all() == []
 
 

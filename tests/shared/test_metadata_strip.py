@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, PngImagePlugin
 
-from shared.db.models import ScanResult, ScanUpload
+from shared.db.models import Scan, ScanUpload
 from shared.db.session import sync_session
 from shared.db.tenants import issue_key
 from shared.imaging import strip_metadata
@@ -138,6 +138,6 @@ async def test_an_upload_is_stored_without_its_metadata(client: httpx.AsyncClien
     assert r.status_code == 202, r.text
     with sync_session() as session:
         stored = bytes(session.get(ScanUpload, r.json()["id"]).data)
-        scan = session.get(ScanResult, r.json()["id"])
+        scan = session.get(Scan, r.json()["id"])
         assert scan.size_bytes == len(stored) < len(original)
     _assert_clean(original, stored)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.db.models import Batch, ScanResult
+from shared.db.models import Batch, Scan
 from shared.schemas import batch_out
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
 
-def _scan(i: int, state: str, finished: datetime | None) -> ScanResult:
-    return ScanResult(id=f"scan-{i}", state=state, filename=f"{i}.png", format="png", size_bytes=10,
+def _scan(i: int, state: str, finished: datetime | None) -> Scan:
+    return Scan(id=f"scan-{i}", state=state, filename=f"{i}.png", format="png", size_bytes=10,
                       sha256="0" * 64, batch_id="batch-1", tenant_id="t", created_at=T0,
                       finished_at=finished, attempts=1)
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import Batch, ScanResult, Tenant, utcnow
+from shared.db.models import Batch, Scan, Tenant, utcnow
 from shared.db.session import forget_engines, sync_engine, sync_session
 from shared.db.webhook_models import WebhookDelivery
 from shared.errors import InputError
@@ -131,7 +131,7 @@ def _scan(callback_url: str, batch: bool = False) -> tuple[str, str | None]:
             session.add(b)
             session.flush()
             batch_id = b.id
-        scan = ScanResult(tenant_id=tenant.id, batch_id=batch_id, state="succeeded",
+        scan = Scan(tenant_id=tenant.id, batch_id=batch_id, state="succeeded",
                           format="png", size_bytes=10, sha256="0" * 64, label="glioma",
                           confidence=0.9, probabilities={"glioma": 0.9, "meningioma": 0.05,
                                                          "notumor": 0.03, "pituitary": 0.02},

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from shared.db.dicom_models import DicomInstance, DicomSeries
 from shared.db.lifecycle_models import AuditEvent
 from shared.db.migrate import upgrade_to_head
-from shared.db.models import ScanResult, Tenant, new_id, utcnow
+from shared.db.models import Scan, Tenant, new_id, utcnow
 from shared.db.session import sync_session
 from shared.settings import get_settings
 from shared.storage import get_storage
@@ -35,7 +35,7 @@ def test_reconciler_thread_purges_expired_scans(tmp_path: Path) -> None:
             session.add(tenant)
             session.flush()
             for scan_id, at in ((old, long_ago), (fresh, utcnow())):
-                session.add(ScanResult(
+                session.add(Scan(
                     id=scan_id, tenant_id=tenant.id, state="succeeded", format="png",
                     sha256="x", created_at=at, finished_at=at,
                     image_ref=storage.put("uploads", f"{scan_id}.png", b"png", "image/png")))
@@ -61,7 +61,7 @@ def test_reconciler_thread_purges_expired_scans(tmp_path: Path) -> None:
             thread.stop()
             thread.join(10)
         with sync_session() as session:
-            assert set(session.scalars(select(ScanResult.id))) == {fresh}
+            assert set(session.scalars(select(Scan.id))) == {fresh}
             assert set(session.scalars(select(DicomSeries.key_scan_id))) == {fresh}
             assert set(session.scalars(select(DicomInstance.scan_id))) == {fresh}
             purge = session.scalars(select(AuditEvent)).one()
