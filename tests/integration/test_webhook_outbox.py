@@ -19,48 +19,29 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.migrate import upgrade_to_head
 from shared.db.models import Batch, Scan, Tenant, utcnow
-from shared.db.session import forget_engines, sync_engine, sync_session
+from shared.db.session import sync_session
 from shared.db.webhook_models import WebhookDelivery
 from shared.events import transition
 from shared.settings import Settings, get_settings
 from shared.states import JobState
 from shared.webhooks import DELIVERY_ID_HEADER, delivery_id
 from tests.support.images import brain_png
+from tests.support.inprocess import migrated_database
 from tests.support.stack import LiveStack, start_stack
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.webhook_receiver import Receiver
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture()
-def pg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
-    name = f"outbox_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/{name}")
-    monkeypatch.setenv("MEDIA_DIR", str(tmp_path / "media"))
-    monkeypatch.setenv("WEBHOOK_MAX_ATTEMPTS", "3")
-    monkeypatch.setenv("WEBHOOK_RESEND_AGE_S", "5")
-    monkeypatch.setenv("WEBHOOK_TIMEOUT_S", "2")
-    get_settings.cache_clear()
-    forget_engines()
-    upgrade_to_head(get_settings().sync_database_url)
-    try:
+def pg(tmp_path: Path) -> Iterator[Settings]:
+    with migrated_database("pg", tmp_path, webhook_max_attempts="3", webhook_resend_age_s="5",
+                           webhook_timeout_s="2"):
         yield get_settings()
-    finally:
-        sync_engine(None).dispose()
-        forget_engines()
-        get_settings.cache_clear()
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _tenant() -> str:

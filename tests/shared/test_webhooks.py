@@ -7,14 +7,13 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import select
 
-from shared.db.migrate import upgrade_to_head
 from shared.db.models import Batch, Scan, Tenant, utcnow
-from shared.db.session import forget_engines, sync_engine, sync_session
+from shared.db.session import sync_session
 from shared.db.webhook_models import WebhookDelivery
 from shared.errors import InputError
 from shared.settings import Settings, get_settings
@@ -26,6 +25,7 @@ from shared.webhooks import (
     verify,
     webhook_secret,
 )
+from tests.support.inprocess import migrated_database
 from tests.support.webhook_receiver import Receiver
 
 DEV = Settings(environment="development")
@@ -97,27 +97,10 @@ def test_secret_is_configured_or_derived() -> None:
 # --- delivery: the function the Celery task runs, against PostgreSQL and a live receiver ----
 
 @pytest.fixture()
-def pg_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[Settings]:
-    name = f"hospital_wh_{uuid.uuid4().hex[:10]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/test"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("MEDIA_DIR", str(tmp_path / "media"))
-    monkeypatch.setenv("WEBHOOK_MAX_ATTEMPTS", "3")
-    monkeypatch.setenv("WEBHOOK_SECRET", "receiver-shared-secret")
-    get_settings.cache_clear()
-    forget_engines()
-    upgrade_to_head(get_settings().sync_database_url)
-    try:
+def pg_env(tmp_path: Path) -> Iterator[Settings]:
+    with migrated_database("pg", tmp_path, webhook_max_attempts="3",
+                           webhook_secret="receiver-shared-secret"):
         yield get_settings()
-    finally:
-        sync_engine(None).dispose()  # the key sync_session() cached it under
-        forget_engines()
-        get_settings.cache_clear()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _scan(callback_url: str, batch: bool = False) -> tuple[str, str | None]:
