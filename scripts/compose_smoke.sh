@@ -324,7 +324,7 @@ passed "$UNFINISHED scans were held (processing) by the killed worker; all $N_SC
 scan=$(echo "$out" | json 'd["scans"][0]["id"]')
 curl -fsS -H "Authorization: Bearer $KEY" -o "$WORK/report.pdf" "$API/v1/scans/$scan/report.pdf" || fail "report.pdf"
 head -c 5 "$WORK/report.pdf" | grep -q '%PDF-' || fail "report.pdf is not a PDF"
-dc exec -T api python -c 'from shared.reports.card import read_model_card; assert read_model_card(), "no model card"' \
+dc exec -T api python -c 'from shared.reports.wording import read_model_card; assert read_model_card(), "no model card"' \
   || fail "the API image has no model card"
 passed "PDF report renders; the API image has the model card"
 
