@@ -119,7 +119,7 @@ def api(
     s = get_settings()
     uvicorn.run("api.main:app", host=host or s.host, port=port or s.port,
                 log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                **proxy_options(s.trusted_proxies))
+                timeout_keep_alive=s.http_keep_alive_s, **proxy_options(s.trusted_proxies))
 
 
 def serve(
@@ -160,7 +160,7 @@ def serve(
         typer.echo(f"API key (tenant '{LOCAL_TENANT}'): {key}\n")
         uvicorn.run("api.main:app", host=bind_host, port=bind_port,
                     log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                    **proxy_options(s.trusted_proxies))
+                    timeout_keep_alive=s.http_keep_alive_s, **proxy_options(s.trusted_proxies))
     except SystemExit:
         pass
     finally:

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # --- HTTP ---------------------------------------------------------------------------
     port: int = 8000  # the API's port (the API image sets 7860, as the original product did)
     host: str = "127.0.0.1"  # the API's bind address
+    # Seconds the API keeps an idle connection open. Longer than clients keep theirs (httpx 5 s,
+    # most load balancers 60 s or less), so a client never reuses a connection at the moment
+    # the server closes it (a reset instead of an answer; uvicorn's own default is 5 s).
+    http_keep_alive_s: int = Field(default=75, ge=1)
     # The address clients reach the API at, for absolute links (webhooks, FHIR); unset: the
     # request's own.
     public_base_url: str | None = None

@@ -219,7 +219,7 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
     (`tests/support/fault_app.py`); `database_url_via` rewrites the new database's URL for
     the stack (a proxy in front of PostgreSQL), while it is created and dropped directly."""
     from shared.db.migrate import upgrade_to_head
-    from shared.settings import _with_driver
+    from shared.settings import Settings, _with_driver
 
     root.mkdir(parents=True, exist_ok=True)
     stack_env = {k: v for k, v in os.environ.items() if k not in _OWN_VARS}
@@ -265,8 +265,11 @@ def start_stack(root: Path, model_dir: Path, *, backend: str = "embedded",
         stack._procs.append(_spawn(
             [sys.executable, "-m", "uvicorn", _API_APP, "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning",
-             # as in production (cli/service.py, Dockerfile.api): open SSE streams are cut
-             "--timeout-graceful-shutdown", "5"], root / "api.log", stack_env, root))
+             # as in production (cli/service.py, Dockerfile.api): open SSE streams are cut,
+             # idle connections are kept longer than clients keep theirs
+             "--timeout-graceful-shutdown", "5",
+             "--timeout-keep-alive", str(Settings.model_fields["http_keep_alive_s"].default)],
+            root / "api.log", stack_env, root))
         stack._procs.append(_spawn(
             [sys.executable, "-m", "celery", "-A", worker_app, _WORKER_MARK,
              # One worker for all three queues (interactive first), as a small deployment.
