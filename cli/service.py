@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,8 @@ LOCAL_TENANT = "local"
 # SSE streams end only when their scan does, so uvicorn would wait for them forever on
 # shutdown; clients resume with Last-Event-ID, so cutting them after a few seconds loses nothing.
 GRACEFUL_SHUTDOWN_S = 5
+# How long `serve` waits for its workers' warm shutdown (a batch in flight) before SIGKILL.
+WORKER_STOP_S = 30.0
 _KEY_FILE = "local-api-key"
 
 
@@ -140,9 +143,24 @@ def serve(
         typer.secho(f"warning: no model card {card}; the worker exits at start (and is started "
                     "again) until a model is there (see README: neuroscan train)", fg="yellow", err=True)
     bind_host, bind_port = host or s.host, port or s.port
-    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception (from
-    # before the worker exists) so that the workers are always stopped, never orphaned.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    config = uvicorn.Config("api.main:app", host=bind_host, port=bind_port,
+                            log_level=s.log_level.lower(),
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                            timeout_keep_alive=s.http_keep_alive_s,
+                            **proxy_options(s.trusted_proxies))
+    server = uvicorn.Server(config)
+    # A stop request is a flag, never an exception: Python may run a signal handler inside a
+    # garbage-collection callback, where a raised SystemExit is printed and dropped, and the
+    # stop was lost (serve then ran on after SIGTERM). While uvicorn serves, its own handlers
+    # set the same flag; on return it re-raises the signal into this handler.
+    stopping = threading.Event()
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stopping.set()
+        server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
     # The model worker (interactive before bulk) and, apart from it, the webhook sender
     # without the model: a slow receiver never holds up a scan.
     # WORKER_METRICS_PORT is the model worker's; the webhook sender shares its host and
@@ -153,22 +171,24 @@ def serve(
                                  env={**os.environ, "WORKER_METRICS_PORT": "0"})]
     try:
         for worker in workers:
-            worker.start()
+            if not stopping.is_set():
+                worker.start()
         url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
         typer.secho(f"\nNeuroScan is running at {url}  (web page: {url}/app, API docs: {url}/docs)",
                     fg="green", bold=True)
         typer.echo(f"API key (tenant '{LOCAL_TENANT}'): {key}\n")
-        uvicorn.run("api.main:app", host=bind_host, port=bind_port,
-                    log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                    timeout_keep_alive=s.http_keep_alive_s, **proxy_options(s.trusted_proxies))
-    except SystemExit:
-        pass
+        if not stopping.is_set():
+            server.run()  # returns at once when a stop came before it started serving
     finally:
-        # Both get SIGTERM at once, then are waited for: shutdown takes the slower's time.
+        # Both get SIGTERM at once, then are waited for against one deadline: shutdown takes
+        # the slower's time, never the sum.
         for worker in workers:
             worker.terminate()
+        deadline = time.monotonic() + WORKER_STOP_S
         for worker in workers:
-            worker.stop()
+            worker.stop(max(0.0, deadline - time.monotonic()))
+    if not server.started and not stopping.is_set():
+        raise typer.Exit(3)  # the API could not start (port taken, app import failed)
 
 
 class _SupervisedWorker:
@@ -209,20 +229,18 @@ class _SupervisedWorker:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Wait up to TIMEOUT seconds for a warm shutdown, then SIGKILL."""
         self.terminate()
         with self._lock:
             proc = self._proc
         if proc is None:
             return
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+            proc.wait()
 
 
 def requeue(
