@@ -87,7 +87,7 @@ def sample_points(anat: Anatomy, pts: np.ndarray, order: int = 0) -> np.ndarray:
 
 
 @dataclass
-class Frame:
+class SamplingGrid:
     """The sampling grid of one image: 3-D voxel coordinates for every output pixel."""
 
     coords: np.ndarray  # (3, size, size) float32
@@ -111,9 +111,10 @@ def _head_extent(anat: Anatomy, view: View, u: np.ndarray, v: np.ndarray, origin
     return t[xs.min()], t[xs.max()], t[ys.min()], t[ys.max()]
 
 
-def make_frame(rng: np.random.Generator, anat: Anatomy, view: View, size: int) -> Frame:
-    """Clinical-looking framing: head fills 90-100% of the frame, tilt, rotation, flips,
-    aspect ratio, and a smooth elastic warp of the sampling grid."""
+def make_sampling_grid(rng: np.random.Generator, anat: Anatomy, view: View,
+                       size: int) -> SamplingGrid:
+    """Clinical-looking framing: the head fills 88-98% of the image (55-88% in a quarter of
+    the slices), tilt, rotation, flips, aspect ratio, and a smooth elastic warp of the grid."""
     u, v = (a.copy() for a in _UV[view.plane])
     axis = NORMAL_AXIS[view.plane]
     origin = np.array([90.0, 108.0, 90.0])
@@ -122,12 +123,12 @@ def make_frame(rng: np.random.Generator, anat: Anatomy, view: View, size: int) -
     width, height = u1 - u0, v1 - v0
     cu, cv = (u0 + u1) / 2, (v0 + v1) / 2
     # Mostly tight clinical framing; since generator 1.3 a quarter of the slices are wide
-    # field-of-view exports with the head small in the frame.
+    # field-of-view exports with the head small in the image.
     fill = rng.uniform(0.88, 0.98) if rng.random() < 0.75 else rng.uniform(0.55, 0.88)
     if view.plane == "axial":
         fov = max(width, height) / fill
     else:
-        # Coronal/sagittal: fit the width, hang the frame from the top of the head and let
+        # Coronal/sagittal: fit the width, hang the image from the top of the head and let
         # face and neck run off the bottom edge (never further than just below the cut).
         fov = width / fill
         top = v0 - rng.uniform(0.03, 0.09) * fov  # v points down: v0 is the top of the head
@@ -158,4 +159,4 @@ def make_frame(rng: np.random.Generator, anat: Anatomy, view: View, size: int) -
         + v[:, None, None].astype(np.float32) * gv
         + disp
     )
-    return Frame(coords.astype(np.float32), float(mm), center, u, v)
+    return SamplingGrid(coords.astype(np.float32), float(mm), center, u, v)

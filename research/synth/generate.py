@@ -14,7 +14,7 @@ from shared.labels import CLASSES
 
 from . import lesions as L
 from .anatomy import load_anatomy
-from .framing import make_frame, sample_points, sample_view
+from .framing import make_sampling_grid, sample_points, sample_view
 from .render import blend_lesion, degrade, jpeg, render_tissues, sample_contrast
 from .structures import add_bright_structures, periventricular_band, vary_anatomy
 
@@ -32,26 +32,26 @@ MIN_LESION_CONTRAST = 0.08
 _MAX_TRIES = 60
 
 
-def _frame_with_lesion(rng, anat, label, size):
+def _grid_with_lesion(rng, anat, label, size):
     """Draw views from the shared distribution until the lesion (if any) can be placed.
     For pituitary this is the shared distribution conditioned on cutting the tumour."""
     parts = L.pituitary_geometry(rng) if label == "pituitary" else None
     for _ in range(_MAX_TRIES):
         view = sample_view(rng)
-        frame = make_frame(rng, anat, view, size)
-        labels = sample_points(anat, frame.coords)
+        grid = make_sampling_grid(rng, anat, view, size)
+        labels = sample_points(anat, grid.coords)
         les, sections = None, None
         if label == "glioma":
-            les = L.plan_glioma(rng, labels, frame.mm_per_px)
+            les = L.plan_glioma(rng, labels, grid.mm_per_px)
         elif label == "meningioma":
-            les = L.plan_meningioma(rng, labels, frame.coords, frame.mm_per_px)
+            les = L.plan_meningioma(rng, labels, grid.coords, grid.mm_per_px)
         elif label == "pituitary":
-            sections = L.pituitary_sections(frame.coords, parts, frame.mm_per_px)
+            sections = L.pituitary_sections(grid.coords, parts, grid.mm_per_px)
             if sections:
                 r, c, rad = max(sections, key=lambda s: s[2])
                 les = L.Lesion("pituitary", (r, c), rad, rng.uniform(0.1, 0.4))
         if label == "notumor" or les is not None:
-            return view, frame, labels, les, sections
+            return view, grid, labels, les, sections
     raise RuntimeError(f"could not place a {label} lesion in {_MAX_TRIES} views")
 
 
@@ -76,35 +76,35 @@ def _compose(rng, anat, label, size):
     # size floor would make slices with little brain (vertex, lateral sagittal) mean
     # "notumor". (Pituitary slices must cut the sella, which is anatomy, not a shortcut.)
     phantom = PHANTOMS[int(rng.integers(len(PHANTOMS)))] if label == "notumor" else None
-    view, frame, labels, les, sections = _frame_with_lesion(rng, anat, phantom or label, size)
+    view, grid, labels, les, sections = _grid_with_lesion(rng, anat, phantom or label, size)
     if phantom is not None:
         ghost = L.draw(rng, les, labels, sections=sections)
-        if float(ghost.mask.sum()) * frame.mm_per_px**2 < MIN_LESION_MM2[phantom]:
+        if float(ghost.mask.sum()) * grid.mm_per_px**2 < MIN_LESION_MM2[phantom]:
             return None
         les = sections = None
-    coords = frame.coords
+    coords = grid.coords
     if les is not None:  # mass effect: resample the grid, then the anatomy, around the lesion
         coords = L.mass_effect(coords, les.center, les.radius, les.push)
         labels = sample_points(anat, coords)
     base = labels
-    labels, anatomy = vary_anatomy(rng, labels, frame.mm_per_px)
-    labels = add_bright_structures(rng, labels, coords, frame.mm_per_px, label)
+    labels, anatomy = vary_anatomy(rng, labels, grid.mm_per_px)
+    labels = add_bright_structures(rng, labels, coords, grid.mm_per_px, label)
     t1 = sample_points(anat, coords, order=1)
     contrast, mu, roles = sample_contrast(rng, label)
     native = (labels == base) & np.isin(labels, L.BRAIN)
     img = render_tissues(rng, labels, t1, mu, native, coords[2])
     # Normal periventricular signal on fluid-sensitive looks, in every class alike.
     if rng.random() < {"t2": 0.7, "flair": 0.8, "random": 0.3}.get(contrast, 0.0):
-        band = periventricular_band(rng, labels, frame.mm_per_px) * rng.uniform(0.3, 0.8)
+        band = periventricular_band(rng, labels, grid.mm_per_px) * rng.uniform(0.3, 0.8)
         img = img * (1.0 - band) + band * roles["oedema"]
         anatomy["periventricular"] = True
     mask = np.zeros(labels.shape, bool)
     meta: dict = {"plane": view.plane, "slice_mm": round(view.offset_mm, 2), "contrast": contrast,
-                  "mm_per_px": round(frame.mm_per_px, 4), **anatomy}
+                  "mm_per_px": round(grid.mm_per_px, 4), **anatomy}
     if les is not None:
         # Mass effect is centred on the lesion, so the planned sections stay where they were.
         les = L.draw(rng, les, labels, sections=sections)
-        area_mm2 = float(les.mask.sum()) * frame.mm_per_px**2
+        area_mm2 = float(les.mask.sum()) * grid.mm_per_px**2
         if area_mm2 < MIN_LESION_MM2[label]:
             return None
         plain = img

@@ -125,16 +125,16 @@ def test_anatomy_cache_has_expected_tissues() -> None:
 
 def test_ventricles_range_from_slit_to_hydrocephalic() -> None:
     from research.synth.anatomy import VENT
-    from research.synth.framing import View, make_frame, sample_points
+    from research.synth.framing import View, make_sampling_grid, sample_points
     from research.synth.structures import vary_anatomy
 
     anat = load_anatomy()
-    frame = make_frame(np.random.default_rng(0), anat, View("axial", 20.0), 128)
-    labels = sample_points(anat, frame.coords)
+    grid = make_sampling_grid(np.random.default_rng(0), anat, View("axial", 20.0), 128)
+    labels = sample_points(anat, grid.coords)
     base = int((labels == VENT).sum())
     area = {}
     for seed in range(40):
-        varied, info = vary_anatomy(np.random.default_rng(seed), labels, frame.mm_per_px)
+        varied, info = vary_anatomy(np.random.default_rng(seed), labels, grid.mm_per_px)
         area.setdefault(info["ventricles"], []).append(int((varied == VENT).sum()))
     assert set(area) == {"slit", "normal", "large"}
     assert max(area["slit"]) < base <= min(area["normal"])
@@ -143,13 +143,13 @@ def test_ventricles_range_from_slit_to_hydrocephalic() -> None:
 
 def test_periventricular_band_hugs_the_ventricles_in_white_matter() -> None:
     from research.synth.anatomy import VENT, WM
-    from research.synth.framing import View, make_frame, sample_points
+    from research.synth.framing import View, make_sampling_grid, sample_points
     from research.synth.structures import periventricular_band
 
     anat = load_anatomy()
-    frame = make_frame(np.random.default_rng(1), anat, View("axial", 22.0), 128)
-    labels = sample_points(anat, frame.coords)
-    band = periventricular_band(np.random.default_rng(2), labels, frame.mm_per_px)
+    grid = make_sampling_grid(np.random.default_rng(1), anat, View("axial", 22.0), 128)
+    labels = sample_points(anat, grid.coords)
+    band = periventricular_band(np.random.default_rng(2), labels, grid.mm_per_px)
     assert band.max() > 0.5 and band.min() >= 0.0
     assert band[labels == VENT].max() == 0.0  # never inside the ventricles themselves
     on = band > 0.3
