@@ -161,15 +161,7 @@ class LiveStack:
     def kill_worker(self, sig: int = signal.SIGKILL, wait_s: float = 60.0) -> None:
         """Send `sig` to the worker's process group and wait (at most `wait_s`) until it exits;
         SIGTERM is Celery's warm shutdown (the current task finishes first)."""
-        proc = self._procs[self._worker_index()]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        _terminate(self._procs[self._worker_index()], wait_s, sig)
 
     def start_worker(self, wait: bool = True) -> None:
         """Start the worker again (same command and environment) after it exited; with `wait`,
@@ -313,10 +305,11 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str], cwd: Path) -> subpro
                                 start_new_session=True)
 
 
-def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM to the process group, SIGKILL if it is still there after `grace_s`."""
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float,
+               sig: int = signal.SIGTERM) -> None:
+    """`sig` to the process group, SIGKILL if it is still there after `grace_s`."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -49,6 +50,13 @@ class Receiver:
     def url(self) -> str:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+
+    def wait_for(self, count: int, timeout_s: float) -> int:
+        """Wait until `count` POSTs have arrived or `timeout_s` has passed; how many did."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return len(self.received)
 
     def stop(self) -> None:
         if self._server is not None:
