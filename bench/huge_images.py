@@ -79,7 +79,7 @@ def child(files: list[str]) -> dict[str, Any]:
     from shared.storage import get_storage
     from worker.pipeline import Claimed, analyse_and_store, get_model
 
-    s = get_settings()
+    settings = get_settings()
     model = get_model()
     after_load = _rss_mib()
     peak_before = _status_mib("VmHWM")
@@ -103,8 +103,9 @@ def child(files: list[str]) -> dict[str, Any]:
     done.set()
     sampler.join()
     return {
-        "decode_max_side": s.decode_max_side, "decode_memory_mib": s.decode_memory_bytes / 2**20,
-        "worker_threads": s.worker_threads, "images": len(items),
+        "decode_max_side": settings.decode_max_side,
+        "decode_memory_mib": settings.decode_memory_bytes / 2**20,
+        "worker_threads": settings.worker_threads, "images": len(items),
         "upload_mib_total": round(sum(len(i.data) for i in items) / 2**20, 1),
         "rss_after_model_load_mib": round(after_load, 1),
         "peak_rss_before_batch_mib": round(peak_before, 1),

@@ -72,12 +72,13 @@ def _worker_argv(pool: str, concurrency: int | None, name: str = "neuroscan@%h",
     from shared.queue import worker_queues
     from shared.settings import get_settings
 
-    s = get_settings()
+    settings = get_settings()
     kinds = [kind.strip() for kind in queues.split(",") if kind.strip()]
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
-            "--pool", pool, "--concurrency", str(concurrency or s.worker_concurrency),
+            "--pool", pool, "--concurrency", str(concurrency or settings.worker_concurrency),
             # Most urgent first: the order a Redis worker checks them in (shared/queue.py).
-            "--queues", ",".join(worker_queues(s, kinds)), "--events", "--loglevel", s.log_level,
+            "--queues", ",".join(worker_queues(settings, kinds)), "--events",
+            "--loglevel", settings.log_level,
             # %h: the host name, unique per container, so health checks can ping this node.
             "--hostname", name]
 
@@ -119,10 +120,11 @@ def api(
 
     from shared.settings import get_settings
 
-    s = get_settings()
-    uvicorn.run("api.main:app", host=host or s.host, port=port or s.port,
-                log_level=s.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                timeout_keep_alive=s.http_keep_alive_s, **proxy_options(s.trusted_proxies))
+    settings = get_settings()
+    uvicorn.run("api.main:app", host=host or settings.host, port=port or settings.port,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                timeout_keep_alive=settings.http_keep_alive_s,
+                **proxy_options(settings.trusted_proxies))
 
 
 def serve(
@@ -134,20 +136,20 @@ def serve(
 
     from shared.settings import get_settings
 
-    s = get_settings()
-    s.var_dir.mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
     migrate()
-    key = local_api_key(s.var_dir)
-    card = s.model_dir / f"{s.model_name}.card.json"
+    key = local_api_key(settings.var_dir)
+    card = settings.model_dir / f"{settings.model_name}.card.json"
     if not card.is_file():
         typer.secho(f"warning: no model card {card}; the worker exits at start (and is started "
                     "again) until a model is there (see README: neuroscan train)", fg="yellow", err=True)
-    bind_host, bind_port = host or s.host, port or s.port
+    bind_host, bind_port = host or settings.host, port or settings.port
     config = uvicorn.Config("api.main:app", host=bind_host, port=bind_port,
-                            log_level=s.log_level.lower(),
+                            log_level=settings.log_level.lower(),
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                            timeout_keep_alive=s.http_keep_alive_s,
-                            **proxy_options(s.trusted_proxies))
+                            timeout_keep_alive=settings.http_keep_alive_s,
+                            **proxy_options(settings.trusted_proxies))
     server = uvicorn.Server(config)
     # A stop request is a flag, never an exception: Python may run a signal handler inside a
     # garbage-collection callback, where a raised SystemExit is printed and dropped, and the
@@ -252,9 +254,9 @@ def requeue(
     from shared.settings import get_settings
     from worker.reconciler import reconcile_once
 
-    s = get_settings()
-    producer = make_producer(s)
-    report = reconcile_once(lambda ids, size: send_scans(producer, ids, size, s), s,
+    settings = get_settings()
+    producer = make_producer(settings)
+    report = reconcile_once(lambda ids, size: send_scans(producer, ids, size, settings), settings,
                             age_s=older_than_s)
     typer.echo(f"re-enqueued {len(report.resent) + len(report.retried_alone)} scans"
                + (f"; {len(report.poisoned)} failed as poison_input" if report.poisoned else ""))

@@ -119,11 +119,11 @@ def decode_image(data: bytes, *, frame: int | None = None,
 def check_pixel_budget(width: int, height: int, settings: Settings | None = None) -> None:
     """Refuse, from the header's dimensions alone, an image too large to decode safely (a
     375 KB PNG can expand to 11000x11000 pixels): checked before any pixel is decoded."""
-    s = settings or get_settings()
-    if width * height > s.max_image_pixels or max(width, height) > s.max_image_side:
+    settings = settings or get_settings()
+    if width * height > settings.max_image_pixels or max(width, height) > settings.max_image_side:
         raise InputError(
-            f"The image is {width}x{height} pixels; the limit is {s.max_image_pixels} pixels "
-            f"and {s.max_image_side} per side.", code=errors.IMAGE_TOO_LARGE)
+            f"The image is {width}x{height} pixels; the limit is {settings.max_image_pixels} "
+            f"pixels and {settings.max_image_side} per side.", code=errors.IMAGE_TOO_LARGE)
 
 
 def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -173,16 +173,16 @@ def _native_bytes(img: Image.Image) -> int:
 
 
 def _decode_raster(data: bytes, fmt: ImageFormat, max_side: int | None) -> DecodedImage:
-    s = get_settings()
+    settings = get_settings()
     try:
         with Image.open(io.BytesIO(data)) as img:
             source = img.size
-            check_pixel_budget(*source, s)  # the header only: nothing decoded yet
+            check_pixel_budget(*source, settings)  # the header only: nothing decoded yet
             target = fit_within(source, max_side)
             if fmt == "jpeg" and target != source:
                 # libjpeg's DCT scaling: decoded at 1/2, 1/4 or 1/8 size, never below target.
                 img.draft(img.mode, target)
-            with decode_budget.hold(_native_bytes(img), s.decode_memory_bytes):
+            with decode_budget.hold(_native_bytes(img), settings.decode_memory_bytes):
                 img.load()
                 mode = img.mode
                 pixels = _to_unit(img, target)
@@ -281,21 +281,22 @@ def to_png_bytes(pixels: np.ndarray, max_side: int | None = None) -> bytes:
 
 def check_dimensions(img: DecodedImage | CheckedImage, settings: Settings | None = None) -> None:
     """Refuse images too small to read, too large to process, or absurdly elongated."""
-    s = settings or get_settings()
+    settings = settings or get_settings()
     width, height = img.source_width, img.source_height  # as stored, before any shrinking
     short, long_ = sorted((height, width))
-    if short < s.min_image_side:
+    if short < settings.min_image_side:
         raise InputError(
             f"The image is {width}x{height} pixels; each side must be at least "
-            f"{s.min_image_side}.", code=errors.IMAGE_TOO_SMALL)
-    if long_ > s.max_image_side:
+            f"{settings.min_image_side}.", code=errors.IMAGE_TOO_SMALL)
+    if long_ > settings.max_image_side:
         raise InputError(
-            f"The image is {width}x{height} pixels; no side may exceed {s.max_image_side}.",
+            f"The image is {width}x{height} pixels; no side may exceed {settings.max_image_side}.",
             code=errors.IMAGE_TOO_LARGE)
-    if long_ / short > s.max_aspect_ratio:
+    if long_ / short > settings.max_aspect_ratio:
         raise InputError(
             f"The image is {width}x{height} pixels, an aspect ratio above "
-            f"{s.max_aspect_ratio:g}:1; MRI slices are close to square.", code=errors.BAD_ASPECT_RATIO)
+            f"{settings.max_aspect_ratio:g}:1; MRI slices are close to square.",
+            code=errors.BAD_ASPECT_RATIO)
 
 
 # The API only judges an upload (it decodes, and its dimensions); the worker decodes it again
@@ -325,17 +326,17 @@ def decode_and_check(data: bytes, *, frame: int | None = None,
                      settings: Settings | None = None) -> CheckedImage:
     """Everything the API checks before it accepts an upload (size is checked while
     streaming), in memory bounded by the check itself, not by the image's pixel count."""
-    s = settings or get_settings()
-    if len(data) > s.max_upload_bytes:
+    settings = settings or get_settings()
+    if len(data) > settings.max_upload_bytes:
         raise InputError(
-            f"The file is {len(data)} bytes; the limit is {s.max_upload_bytes}.",
+            f"The file is {len(data)} bytes; the limit is {settings.max_upload_bytes}.",
             code=errors.FILE_TOO_LARGE, http_status=413)
     if sniff_format(data) == "png":
-        checked = CheckedImage("png", check_png(data, s))
+        checked = CheckedImage("png", check_png(data, settings))
     else:
         img = decode_image(data, frame=frame, max_side=CHECK_SIDE)
         checked = CheckedImage(img.format, (img.source_width, img.source_height))
-    check_dimensions(checked, s)
+    check_dimensions(checked, settings)
     return checked
 
 
@@ -355,7 +356,7 @@ def check_png(data: bytes, settings: Settings | None = None) -> tuple[int, int]:
     then dropped) to exactly the size the header implies, every row starting with a known
     filter type. Memory stays about a megabyte whatever the image's size: an 8192x8192 RGBA
     PNG costs the API no 256 MB buffer. The worker decodes it (Pillow) later."""
-    s = settings or get_settings()
+    settings = settings or get_settings()
 
     def bad(why: str) -> InputError:
         return InputError(f"The PNG file could not be decoded: {why}.", code=errors.UNDECODABLE)
@@ -382,7 +383,7 @@ def check_png(data: bytes, settings: Settings | None = None) -> tuple[int, int]:
             if (colour not in _PNG_DEPTHS or depth not in _PNG_DEPTHS[colour] or compression
                     or filtering or interlace > 1 or not width or not height):
                 raise bad("its header names an impossible format")
-            check_pixel_budget(width, height, s)  # before a byte of pixel data is read
+            check_pixel_budget(width, height, settings)  # before a byte of pixel data is read
             rows = _RowCheck(width, height, _PNG_CHANNELS[colour] * depth, bool(interlace))
         elif kind == b"PLTE":
             palette = True

@@ -69,9 +69,9 @@ def get_model() -> LoadedModel:
             from worker.inference import configure_threads
             from worker.model import load_model
 
-            s = get_settings()
-            configure_threads(s)
-            _model = load_model(s.model_dir, s.model_name)
+            settings = get_settings()
+            configure_threads(settings)
+            _model = load_model(settings.model_dir, settings.model_name)
             log.info("loaded model %s %s (sha256 %s)", _model.name, _model.version, _model.sha256)
             metrics.model_loaded(_model)
         return _model
@@ -312,24 +312,24 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
     model pass (`claim_queued`; with `singles_only`, no batch scans) up to that many in all.
     If the pass fails, those extras are given back and handed to `resend` (each alone, as a
     failed batch is retried); the task's own scans are its retry's business."""
-    s = get_settings()
+    settings = get_settings()
     owner = owner or new_id()
     started = time.monotonic()
     # Loaded before any lease is taken: the first load is seconds of busy CPU.
     model = get_model()
     with metrics.stage("database"), sync_session() as session:
-        claimed = claim(session, scan_ids, owner, s.scan_lease_s)
+        claimed = claim(session, scan_ids, owner, settings.scan_lease_s)
         if claimed:
-            claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
+            claimed += claim_queued(session, gather - len(claimed), owner, settings.scan_lease_s,
                                     exclude=scan_ids, singles_only=singles_only)
     _log_not_claimed(scan_ids, claimed)
     if not claimed:
         return []
-    if gather and len(claimed) < gather and s.worker_batch_wait_ms > 0:
+    if gather and len(claimed) < gather and settings.worker_batch_wait_ms > 0:
         # Triton's max queue delay: a moment for concurrent single scans to arrive.
-        time.sleep(s.worker_batch_wait_ms / 1000)
+        time.sleep(settings.worker_batch_wait_ms / 1000)
         with metrics.stage("database"), sync_session() as session:
-            claimed += claim_queued(session, gather - len(claimed), owner, s.scan_lease_s,
+            claimed += claim_queued(session, gather - len(claimed), owner, settings.scan_lease_s,
                                     exclude=scan_ids, singles_only=singles_only)
     ids = [item.scan_id for item in claimed]
     metrics.BATCH_SIZE.observe(len(ids))
@@ -341,10 +341,11 @@ def process_scans(scan_ids: Sequence[str], *, notify: Notify | None = None,
                   len(extras))
     log.info("model pass of %d scans (%d gathered)", len(ids), len(extras),
              extra={"scan_ids": ids})
-    with log_context(scan_ids=ids), Heartbeat(ids, owner, s.scan_lease_s, s.task_time_limit_s):
+    with log_context(scan_ids=ids), Heartbeat(ids, owner, settings.scan_lease_s,
+                                              settings.task_time_limit_s):
         try:
             outcomes = analyse_and_store(claimed, model, storage or get_storage())
-            done = _write_results(outcomes, deadline=started + s.task_time_limit_s)
+            done = _write_results(outcomes, deadline=started + settings.task_time_limit_s)
         except BaseException:
             # Not ours any more: a retry or the reconciler takes them (if the database is
             # what failed, this fails too and the lease simply runs out).

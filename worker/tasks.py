@@ -80,11 +80,12 @@ class _ScanTask(Task):
           max_retries=get_settings().task_max_retries)
 def process_scans(self: Task, scan_ids: list[str]) -> int:
     """Classify and explain these scans (one batched model pass); returns how many finished."""
-    s = get_settings()
+    settings = get_settings()
     # An interactive task gathers only other single scans: someone is waiting for this pass.
-    interactive = (self.request.delivery_info or {}).get("routing_key") == s.queue_interactive
+    routing_key = (self.request.delivery_info or {}).get("routing_key")
+    interactive = routing_key == settings.queue_interactive
     return len(pipeline.process_scans(scan_ids, notify=_notify, owner=self.request.id,
-                                      gather=s.worker_max_batch, resend=_resend_alone,
+                                      gather=settings.worker_max_batch, resend=_resend_alone,
                                       singles_only=interactive))
 
 

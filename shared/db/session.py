@@ -81,15 +81,15 @@ def _split_postgres_options(url: URL, *, asyncio: bool) -> tuple[URL, dict[str, 
 
 
 def create_async_db_engine(url: str | None = None) -> AsyncEngine:
-    s = get_settings()
-    parsed = make_url(url or s.async_database_url)
-    pool = {"pool_size": s.db_pool_size, "max_overflow": s.db_max_overflow,
-            "pool_timeout": s.db_pool_timeout_s}
+    settings = get_settings()
+    parsed = make_url(url or settings.async_database_url)
+    pool = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout_s}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             pool = {}  # one in-memory database per connection: SQLAlchemy picks its own pool
         # The API waits for a worker's write lock no longer than for its own writer queue.
-        busy_ms = int(s.sqlite_write_wait_s * 1000)
+        busy_ms = int(settings.sqlite_write_wait_s * 1000)
         engine = create_async_engine(parsed, connect_args={"timeout": busy_ms / 1000}, **pool)
         _sqlite_events(engine.sync_engine, busy_timeout_ms=busy_ms)
         return engine
@@ -207,10 +207,11 @@ _writer_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
 
 
 def _writer_queue(url: str) -> _SQLiteWriterQueue:
-    s = get_settings()
+    settings = get_settings()
     per_loop = _writer_queues.setdefault(asyncio.get_running_loop(), {})
     if url not in per_loop:
-        per_loop[url] = _SQLiteWriterQueue(s.sqlite_write_queue, s.sqlite_write_wait_s)
+        per_loop[url] = _SQLiteWriterQueue(settings.sqlite_write_queue,
+                                           settings.sqlite_write_wait_s)
     return per_loop[url]
 
 
