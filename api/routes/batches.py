@@ -26,7 +26,6 @@ from shared.schemas import (
     batch_links,
     batch_out,
 )
-from shared.settings import Settings
 from shared.states import JobState
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -52,19 +51,24 @@ async def create_batch(
         raise InputError(f"{len(files)} files; a batch takes at most {settings.max_batch_files}.",
                          code="too_many_files", http_status=413)
     key = idempotency.check_key(idempotency_key)
-    print_ = None
-    if key:  # a retry is answered before anything is judged again
-        print_ = await _fingerprint(files, callback_url, settings)
-        if answer := await idempotency.replay(tenant.id, key, "batches", print_):
-            return answer
     # The SSRF check resolves the host name: a blocking call, kept off the event loop.
     callback = await run_in_threadpool(intake.check_callback_url, callback_url)
     rejected: list[RejectedFile] = []
+    # With a key, what the request asks (api/idempotency.py) is taken in the same pass that
+    # judges the files, so each file is read once; an oversized one counts by its name alone
+    # (it is refused, never stored). A retry is answered before anything is written.
+    asked: list[tuple[str | None, bytes | str]] = []
     with intake.Staging() as staged:
         for upload in files:
             try:
                 await upload.seek(0)
-                data = await intake.read_limited(upload, settings.max_upload_bytes)
+                try:
+                    data = await intake.read_limited(upload, settings.max_upload_bytes)
+                except InputError:
+                    asked.append((upload.filename, "too-large"))
+                    raise
+                if key:
+                    asked.append((upload.filename, hashlib.sha256(data).hexdigest()))
                 members = await run_in_threadpool(  # a ZIP counts as its files
                     intake.batch_members, data, upload.filename, settings)
             except InputError as exc:
@@ -87,6 +91,11 @@ async def create_batch(
                     rejected.append(RejectedFile(filename=name, error=ErrorBody(**exc.as_dict())))
                     continue
                 staged.add(accepted)  # to disk: memory stays one file deep
+        print_ = (idempotency.fingerprint("batches", asked, callback_url=callback_url)
+                  if key else None)
+        if key and print_ and (answer := await idempotency.replay(tenant.id, key, "batches",
+                                                                  print_)):
+            return answer
         if not len(staged):
             return error_response(
                 422, "no_acceptable_files", f"None of the {len(files)} files could be accepted.",
@@ -117,20 +126,6 @@ async def create_batch(
             raise
     await intake.enqueue(scan_ids, settings, bulk=True)
     return body
-
-
-async def _fingerprint(files: list[UploadFile], callback_url: str | None,
-                       settings: Settings) -> str:
-    """What this batch asks for (api/idempotency.py), each file read once within the limit;
-    an oversized file counts by its name alone (it will be refused, not stored)."""
-    parts: list[tuple[str | None, bytes | str]] = []
-    for upload in files:
-        try:
-            data = await intake.read_limited(upload, settings.max_upload_bytes)
-            parts.append((upload.filename, hashlib.sha256(data).hexdigest()))
-        except InputError:
-            parts.append((upload.filename, "too-large"))
-    return idempotency.fingerprint("batches", parts, callback_url=callback_url)
 
 
 @router.get("/{batch_id}", response_model=BatchOut, summary="One batch",
