@@ -47,8 +47,8 @@ def is_zip(data: bytes) -> bool:
 def expand_zip(data: bytes, settings: Settings | None = None, *,
                max_files: int | None = None) -> list[Member]:
     """The archive's files in archive order, or InputError naming the limit that was hit."""
-    s = settings or get_settings()
-    limit_files = max_files if max_files is not None else s.max_batch_files
+    settings = settings or get_settings()
+    limit_files = max_files if max_files is not None else settings.max_batch_files
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError,
@@ -62,14 +62,14 @@ def expand_zip(data: bytes, settings: Settings | None = None, *,
             raise InputError(f"The archive holds {len(infos)} files; the limit is {limit_files}.",
                              code=ARCHIVE_TOO_MANY_FILES)
         declared = sum(i.file_size for i in infos)
-        if declared > s.max_archive_bytes:
-            raise InputError(_too_large(s), code=ARCHIVE_TOO_LARGE, http_status=413)
+        if declared > settings.max_archive_bytes:
+            raise InputError(_too_large(settings), code=ARCHIVE_TOO_LARGE, http_status=413)
         members: list[Member] = []
-        budget = s.max_archive_bytes
+        budget = settings.max_archive_bytes
         for info in infos:
             name = PurePosixPath(info.filename).name
             try:
-                payload = _read_bounded(archive, info, budget, s)
+                payload = _read_bounded(archive, info, budget, settings)
             except InputError as exc:
                 if exc.code == ARCHIVE_TOO_LARGE:
                     raise  # the archive as a whole is over budget
@@ -105,7 +105,7 @@ def _check_member(info: zipfile.ZipInfo) -> None:
 
 
 def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int,
-                  s: Settings) -> bytes:
+                  settings: Settings) -> bytes:
     # Never trust the declared size: count what actually comes out of the decompressor.
     out = bytearray()
     try:
@@ -113,7 +113,7 @@ def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int,
             while chunk := fh.read(_CHUNK):
                 out += chunk
                 if len(out) > budget:
-                    raise InputError(_too_large(s), code=ARCHIVE_TOO_LARGE, http_status=413)
+                    raise InputError(_too_large(settings), code=ARCHIVE_TOO_LARGE, http_status=413)
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError,
             RuntimeError) as exc:  # zlib/bz2/lzma errors escape zipfile unwrapped
         raise InputError("This member of the ZIP archive could not be read (corrupt or "
@@ -121,5 +121,5 @@ def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int,
     return bytes(out)
 
 
-def _too_large(s: Settings) -> str:
-    return f"The archive expands to more than {s.max_archive_bytes} bytes; split it."
+def _too_large(settings: Settings) -> str:
+    return f"The archive expands to more than {settings.max_archive_bytes} bytes; split it."

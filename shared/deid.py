@@ -125,10 +125,10 @@ def pseudonym(key: bytes, kind: str, value: str) -> str:
 
 def deidentify(data: bytes, tenant_id: str, settings: Settings | None = None) -> DeidResult:
     """De-identified Part 10 bytes with the tenant's pseudonymous patient and study refs."""
-    s = settings or get_settings()
-    ds = read_dataset(data, s)
-    check_dataset(ds, s)  # burned-in annotation and documents never get this far
-    key = tenant_key(tenant_id, s)
+    settings = settings or get_settings()
+    ds = read_dataset(data, settings)
+    check_dataset(ds, settings)  # burned-in annotation and documents never get this far
+    key = tenant_key(tenant_id, settings)
     identity = _patient_identity(ds, data)
     patient_ref = pseudonym(key, "patient", identity)
     study_uid = str(getattr(ds, "StudyInstanceUID", "") or "")

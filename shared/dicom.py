@@ -60,7 +60,7 @@ def read_dataset(data: bytes, settings: Settings | None = None) -> Any:
                          code=errors.UNDECODABLE) from exc
 
 
-def _check_deflate_bomb(data: bytes, s: Settings) -> None:
+def _check_deflate_bomb(data: bytes, settings: Settings) -> None:
     """pydicom inflates a Deflated dataset whole and unbounded: measure it first, bounded."""
     import zlib
 
@@ -70,7 +70,7 @@ def _check_deflate_bomb(data: bytes, s: Settings) -> None:
     start = 144 + int.from_bytes(data[140:144], "little")
     if b"1.2.840.10008.1.2.1.99" not in data[144:start]:
         return
-    limit = 8 * s.max_upload_bytes
+    limit = 8 * settings.max_upload_bytes
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending, total = data[start:], 0
     try:
@@ -112,21 +112,21 @@ def decode_dicom(data: bytes, *, frame: int | None = None, settings: Settings | 
                  max_side: int | None = None) -> DecodedImage:
     """One frame of a DICOM file as float32 pixels in [0, 1] (the middle frame by default),
     shrunk to at most `max_side` on its longer side (0/None: full size)."""
-    s = settings or get_settings()
-    ds = read_dataset(data, s)
-    check_dataset(ds, s)
+    settings = settings or get_settings()
+    ds = read_dataset(data, settings)
+    check_dataset(ds, settings)
     syntax = _check_transfer_syntax(ds)
     n_frames = header_int(ds, "NumberOfFrames", 1, high=1 << 20) or 1
     index = n_frames // 2 if frame is None else frame
     if not 0 <= index < n_frames:
         raise InputError(f"Frame {frame} was asked for; the file has {n_frames} frame(s), "
                          f"numbered 0 to {n_frames - 1}.", code=FRAME_OUT_OF_RANGE)
-    frame_bytes = _check_size(ds, s, n_frames, compressed=syntax_is_compressed(ds))
+    frame_bytes = _check_size(ds, settings, n_frames, compressed=syntax_is_compressed(ds))
     source = (header_int(ds, "Columns", 0), header_int(ds, "Rows", 0))
     target = fit_within(source, max_side)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     # The stored frame plus one working copy (a LUT's output, a colour conversion).
-    with decode_budget.hold(2 * frame_bytes, s.decode_memory_bytes):
+    with decode_budget.hold(2 * frame_bytes, settings.decode_memory_bytes):
         arr = _decode_frame(ds, index, n_frames)
         if arr.ndim == 3:
             pixels, windowed = _colour_to_unit(shrink_array(arr, target), ds), False
@@ -194,7 +194,7 @@ def syntax_is_compressed(ds: Any) -> bool:
     return bool(uid is not None and uid.is_compressed)
 
 
-def _check_size(ds: Any, s: Settings, n_frames: int, *, compressed: bool) -> int:
+def _check_size(ds: Any, settings: Settings, n_frames: int, *, compressed: bool) -> int:
     """Refuse before decoding: the header alone says how much memory a frame would take.
     Returns one frame's size in bytes, as stored (before any conversion)."""
     rows = header_int(ds, "Rows", 0, high=65535)
@@ -204,10 +204,10 @@ def _check_size(ds: Any, s: Settings, n_frames: int, *, compressed: bool) -> int
     stored = header_int(ds, "BitsStored", bits, high=64)
     if rows < 1 or cols < 1:
         raise InputError(f"The DICOM header gives {cols}x{rows} pixels.", code=BAD_HEADER)
-    if max(rows, cols) > s.max_image_side:
+    if max(rows, cols) > settings.max_image_side:
         raise InputError(f"The image is {cols}x{rows} pixels; no side may exceed "
-                         f"{s.max_image_side}.", code=errors.IMAGE_TOO_LARGE)
-    check_pixel_budget(cols, rows, s)
+                         f"{settings.max_image_side}.", code=errors.IMAGE_TOO_LARGE)
+    check_pixel_budget(cols, rows, settings)
     if "PixelData" in ds and (bits not in (1, 8, 16, 32) or not 1 <= stored <= bits):
         raise InputError(f"The DICOM header gives {bits} bits allocated and {stored} stored; "
                          "accepted: 1, 8, 16 or 32 allocated.", code=BAD_HEADER)

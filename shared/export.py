@@ -255,9 +255,9 @@ def export_tenant(tenant_name: str, out: Path, settings: Settings | None = None,
                   progress: Callable[[str, bool], None] | None = None) -> ExportReport:
     """Write the tenant's scans, batches and series under `out` (see the module docstring);
     recorded in `audit_events`. LookupError if there is no such tenant."""
-    s = settings or get_settings()
-    store = storage or get_storage(s)
-    url = s.sync_database_url
+    settings = settings or get_settings()
+    store = storage or get_storage(settings)
+    url = settings.sync_database_url
     tenant = _tenant(url, tenant_name)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -285,7 +285,7 @@ def export_tenant(tenant_name: str, out: Path, settings: Settings | None = None,
             continue
         scan, blob = loaded
         folder.mkdir(parents=True, exist_ok=True)
-        files = scan_files(scan, blob, store, s, card_cache)
+        files = scan_files(scan, blob, store, settings, card_cache)
         entries[scan_id] = _scan_entry(scan, {n: _write(folder / n, d) for n, d in files.items()})
         report.written += 1
         _write(manifest_path, _json(manifest))
@@ -338,9 +338,9 @@ def iter_export_zip(tenant_id: str, settings: Settings | None = None,
     """The tenant's export as a ZIP (the folder layout, manifest.json last), produced one scan
     at a time: memory holds one scan's files, never the archive. Blocking: iterate it in a
     thread. The caller records the export in the audit log."""
-    s = settings or get_settings()
-    store = storage or get_storage(s)
-    url = s.sync_database_url
+    settings = settings or get_settings()
+    store = storage or get_storage(settings)
+    url = settings.sync_database_url
     with _reading(url) as session:
         tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == tenant_id)) or ""
     sink = _Chunks()
@@ -353,7 +353,7 @@ def iter_export_zip(tenant_id: str, settings: Settings | None = None,
             if loaded is None:
                 continue
             scan, blob = loaded
-            files = scan_files(scan, blob, store, s, card_cache)
+            files = scan_files(scan, blob, store, settings, card_cache)
             for name, data in files.items():
                 archive.writestr(f"scans/{scan_id}/{name}", data, compress_type=_compression(name))
             entries[scan_id] = _scan_entry(scan, {n: _sha256(d) for n, d in files.items()})
@@ -548,9 +548,9 @@ def import_tenant(tenant_name: str, src: Path, settings: Settings | None = None,
     """Restore an export (folder or ZIP) under `tenant_name` (created if new); see the module
     docstring. ExportError when the export is damaged or its scans belong to another tenant
     here; nothing is written then."""
-    s = settings or get_settings()
-    store = storage or get_storage(s)
-    url = s.sync_database_url
+    settings = settings or get_settings()
+    store = storage or get_storage(settings)
+    url = settings.sync_database_url
     source = _Source(src)
     try:
         manifest = verify_export(source)

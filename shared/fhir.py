@@ -47,16 +47,16 @@ def scan_to_fhir(scan: Any, *, base_url: str) -> dict[str, Any]:
     """The DiagnosticReport as JSON-ready dict, validated against the R4B model."""
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
-    s = as_plain_dict(scan)
-    report = DiagnosticReport.model_validate(_build(s, base_url))
+    scan = as_plain_dict(scan)
+    report = DiagnosticReport.model_validate(_build(scan, base_url))
     return report.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _subject(s: dict[str, Any]) -> dict[str, Any] | None:
-    if not s.get("patient_ref"):
+def _subject(scan: dict[str, Any]) -> dict[str, Any] | None:
+    if not scan.get("patient_ref"):
         return None
-    return {"type": "Patient", "display": f"Pseudonymous patient {s['patient_ref']}",
-            "identifier": {"system": PATIENT_REF_SYSTEM, "value": s["patient_ref"]}}
+    return {"type": "Patient", "display": f"Pseudonymous patient {scan['patient_ref']}",
+            "identifier": {"system": PATIENT_REF_SYSTEM, "value": scan["patient_ref"]}}
 
 
 def _device(model: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def _device(model: dict[str, Any]) -> dict[str, Any]:
             "note": [{"text": DISCLAIMER}]}
 
 
-def _observation(s: dict[str, Any], label: str, p: float, predicted: str) -> dict[str, Any]:
+def _observation(scan: dict[str, Any], label: str, p: float, predicted: str) -> dict[str, Any]:
     obs: dict[str, Any] = {
         "resourceType": "Observation", "id": f"prob-{label}", "status": "final",
         "code": {"coding": [{"system": CLASS_SYSTEM, "code": label, "display": DISPLAY_NAMES[label]}],
@@ -76,64 +76,64 @@ def _observation(s: dict[str, Any], label: str, p: float, predicted: str) -> dic
         "valueQuantity": {"value": round(float(p), 6), "unit": "probability",
                           "system": "http://unitsofmeasure.org", "code": "1"},
         "device": {"reference": "#model"},
-        "effectiveDateTime": _instant(s.get("finished_at")),
+        "effectiveDateTime": _instant(scan.get("finished_at")),
     }
     if label == predicted:
         obs["interpretation"] = [{"text": "Predicted class"}]
-    if subject := _subject(s):
+    if subject := _subject(scan):
         obs["subject"] = subject
     return obs
 
 
-def _attachments(s: dict[str, Any], base_url: str) -> list[dict[str, Any]]:
+def _attachments(scan: dict[str, Any], base_url: str) -> list[dict[str, Any]]:
     forms = []
     for key, title in (("heatmap_url", "Grad-CAM heatmap"), ("overlay_url", "Grad-CAM overlay")):
-        if url := _absolute(s.get(key), base_url):
+        if url := _absolute(scan.get(key), base_url):
             forms.append({"contentType": "image/png", "url": url, "title": title})
     forms.append({"contentType": "application/pdf", "title": "NeuroScan PDF report",
-                  "url": _absolute(f"/v1/scans/{s['id']}/report.pdf", base_url)})
+                  "url": _absolute(f"/v1/scans/{scan['id']}/report.pdf", base_url)})
     return forms
 
 
-def _conclusion(s: dict[str, Any]) -> str:
-    prediction, error = s.get("prediction"), s.get("error") or {}
-    if s.get("state") == "succeeded" and prediction:
+def _conclusion(scan: dict[str, Any]) -> str:
+    prediction, error = scan.get("prediction"), scan.get("error") or {}
+    if scan.get("state") == "succeeded" and prediction:
         conf = float(prediction["confidence"])
         name = DISPLAY_NAMES.get(prediction["label"], prediction["label"])
         return (f"AI triage: {name} (confidence {conf:.1%}; {confidence_band(conf)}). "
                 + DISCLAIMER)
-    if s.get("state") == "failed":
+    if scan.get("state") == "failed":
         return (f"Analysis failed ({error.get('code', 'unknown')}): "
                 f"{error.get('message', '')} {DISCLAIMER}")
-    return f"Analysis not finished ({s.get('state')}). {DISCLAIMER}"
+    return f"Analysis not finished ({scan.get('state')}). {DISCLAIMER}"
 
 
-def _build(s: dict[str, Any], base_url: str) -> dict[str, Any]:
-    prediction = s.get("prediction") or None
+def _build(scan: dict[str, Any], base_url: str) -> dict[str, Any]:
+    prediction = scan.get("prediction") or None
     contained: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     if prediction:  # the Device only when Observations refer to it (R4 dom-3)
-        contained.append(_device(s.get("model") or {}))
+        contained.append(_device(scan.get("model") or {}))
         probs = prediction.get("probabilities") or {}
         for label in CLASSES:
-            contained.append(_observation(s, label, probs.get(label, 0.0), prediction["label"]))
+            contained.append(_observation(scan, label, probs.get(label, 0.0), prediction["label"]))
             results.append({"reference": f"#prob-{label}"})
-    identifiers = [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{s['id']}"}]
-    if s.get("study_ref"):
-        identifiers.append({"system": STUDY_REF_SYSTEM, "value": s["study_ref"]})
+    identifiers = [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{scan['id']}"}]
+    if scan.get("study_ref"):
+        identifiers.append({"system": STUDY_REF_SYSTEM, "value": scan["study_ref"]})
     doc: dict[str, Any] = {
-        "resourceType": "DiagnosticReport", "id": s["id"],
-        "identifier": identifiers, "status": _STATUS.get(s.get("state", ""), "registered"),
+        "resourceType": "DiagnosticReport", "id": scan["id"],
+        "identifier": identifiers, "status": _STATUS.get(scan.get("state", ""), "registered"),
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                   "code": "RAD", "display": "Radiology"}]}],
         "code": {"coding": [{"system": "http://loinc.org", "code": "24590-2",
                              "display": "MR Brain"}], "text": "Brain MRI AI triage"},
-        "effectiveDateTime": _instant(s.get("created_at")),
-        "issued": _instant(s.get("finished_at")),
-        "conclusion": _conclusion(s),
-        "presentedForm": _attachments(s, base_url),
+        "effectiveDateTime": _instant(scan.get("created_at")),
+        "issued": _instant(scan.get("finished_at")),
+        "conclusion": _conclusion(scan),
+        "presentedForm": _attachments(scan, base_url),
     }
-    if subject := _subject(s):
+    if subject := _subject(scan):
         doc["subject"] = subject
     if contained:
         doc["contained"] = contained

@@ -173,18 +173,18 @@ def purge_once(settings: Settings | None = None, *, now: datetime | None = None,
                storage: Storage | None = None) -> PurgeReport:
     """One bounded pass of retention over every tenant; safe to repeat and to run in many
     workers at once (SKIP LOCKED on PostgreSQL; SQLite serialises writers)."""
-    s = settings or get_settings()
-    url = s.sync_database_url
+    settings = settings or get_settings()
+    url = settings.sync_database_url
     now = now or utcnow()
-    limit = limit or s.purge_batch_size
-    store = storage or get_storage(s)
+    limit = limit or settings.purge_batch_size
+    store = storage or get_storage(settings)
     report = PurgeReport(dry_run=dry_run)
     with sync_session(url) as session:
         tenants = session.execute(select(Tenant.id, Tenant.name).order_by(Tenant.name)).all()
         own = {r.tenant_id: r for r in session.scalars(select(TenantRetention))}
         session.expunge_all()
     for tenant_id, name in tenants:
-        retention = Retention.for_tenant(s, own.get(tenant_id))
+        retention = Retention.for_tenant(settings, own.get(tenant_id))
         for kind in KINDS:
             cutoff = retention.cutoff(kind, now)
             if cutoff is None:

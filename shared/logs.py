@@ -156,8 +156,8 @@ def configure_logging(settings: Settings | None = None, level: str | int | None 
     runner's) are left alone. uvicorn's loggers keep their levels; in JSON their lines go
     through this handler too (one stream, one format), in text uvicorn's own handlers stay
     and only get the masking."""
-    s = settings or get_settings()
-    formatter: logging.Formatter = JsonFormatter() if s.log_json else TextFormatter()
+    settings = settings or get_settings()
+    formatter: logging.Formatter = JsonFormatter() if settings.log_json else TextFormatter()
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
         root.removeHandler(old)
@@ -166,10 +166,10 @@ def configure_logging(settings: Settings | None = None, level: str | int | None 
     handler.setFormatter(formatter)
     handler.addFilter(_FILTER)
     root.addHandler(handler)
-    root.setLevel(level or s.log_level.upper())
+    root.setLevel(level or settings.log_level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
-        if s.log_json:
+        if settings.log_json:
             logger.handlers.clear()
             logger.propagate = True
         for uvicorn_handler in logger.handlers:

@@ -129,7 +129,7 @@ def send_scans(app: Any, scan_ids: Sequence[str], batch_size: int,
     from shared.db.session import sync_engine
     from shared.settings import get_settings
 
-    s = settings or get_settings()
+    settings = settings or get_settings()
     ids = list(scan_ids)
     if not ids:
         return 0
@@ -140,5 +140,5 @@ def send_scans(app: Any, scan_ids: Sequence[str], batch_size: int,
             Scan.id.in_(ids), Scan.batch_id.is_not(None))))
     bulk = [i for i in ids if i in in_batch]
     single = [i for i in ids if i not in in_batch]
-    return (enqueue_scans(app, single, batch_size, s.queue_interactive)
-            + enqueue_scans(app, bulk, batch_size, s.queue_bulk))
+    return (enqueue_scans(app, single, batch_size, settings.queue_interactive)
+            + enqueue_scans(app, bulk, batch_size, settings.queue_bulk))

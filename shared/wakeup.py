@@ -39,8 +39,8 @@ def channel(settings: Settings) -> str:
 def publish(ids: Iterable[str | None], settings: Settings | None = None) -> None:
     """After a commit: wake the streams following these scan and batch IDs. Best effort."""
     global _publisher
-    s = settings or get_settings()
-    url, keys = redis_url(s), sorted({i for i in ids if i})
+    settings = settings or get_settings()
+    url, keys = redis_url(settings), sorted({i for i in ids if i})
     if url is None or not keys:
         return
     try:
@@ -50,7 +50,7 @@ def publish(ids: Iterable[str | None], settings: Settings | None = None) -> None
 
                 _publisher = redis.Redis.from_url(url, socket_timeout=1.0,
                                                   socket_connect_timeout=1.0)
-        _publisher.publish(channel(s), json.dumps(keys))  # type: ignore[attr-defined]
+        _publisher.publish(channel(settings), json.dumps(keys))  # type: ignore[attr-defined]
     except Exception:  # Redis down: the streams' polling finds the events anyway
         log.debug("wake-up not published", exc_info=True)
 
@@ -117,11 +117,11 @@ def wake_event(key: str, settings: Settings | None = None) -> asyncio.Event:
 
 def listener(settings: Settings | None = None) -> Listener | None:
     """This event loop's listener, or None where wake-ups are not available (poll)."""
-    s = settings or get_settings()
-    url = redis_url(s)
+    settings = settings or get_settings()
+    url = redis_url(settings)
     if url is None:
         return None
     loop_id = id(asyncio.get_running_loop())
     if loop_id not in _listeners:
-        _listeners[loop_id] = Listener(url, channel(s))
+        _listeners[loop_id] = Listener(url, channel(settings))
     return _listeners[loop_id]

@@ -97,7 +97,7 @@ def check_callback_url(url: str | None, settings: Settings | None = None, *,
     """The URL if we may call it (None for no URL); InputError(invalid_callback_url) if not."""
     if not url:
         return None
-    s = settings or get_settings()
+    settings = settings or get_settings()
     if len(url) > 2000:
         raise _refuse("longer than 2000 characters")
     try:
@@ -112,11 +112,12 @@ def check_callback_url(url: str | None, settings: Settings | None = None, *,
         raise _refuse("credentials in the URL are not accepted")
     if parts.fragment:
         raise _refuse("a fragment is not sent to the server")
-    if parts.scheme == "http" and (s.environment == "production" or not _is_loopback_host(host)):
+    if parts.scheme == "http" and (settings.environment == "production"
+                                   or not _is_loopback_host(host)):
         raise _refuse("plain http is only allowed to a loopback host outside production")
     addresses = _resolve(host, port) if resolve else []
     for ip in addresses:
-        if reason := _forbidden(ip, s):
+        if reason := _forbidden(ip, settings):
             raise _refuse(f"{host} resolves to a {reason}")
     address = str(addresses[0]) if addresses else host
     return CheckedURL(url=url, host=host, address=address, port=port)
@@ -162,10 +163,11 @@ def webhook_secret(settings: Settings | None = None, tenant_id: str | None = Non
             own = tenant_webhook_secret(session, tenant_id)
         if own:
             return own.encode()
-    s = settings or get_settings()
-    if s.webhook_secret:
-        return s.webhook_secret.encode()
-    derived = hmac.new(s.secret_key.encode(), b"neuroscan/webhook/v1", hashlib.sha256).hexdigest()
+    settings = settings or get_settings()
+    if settings.webhook_secret:
+        return settings.webhook_secret.encode()
+    derived = hmac.new(settings.secret_key.encode(), b"neuroscan/webhook/v1",
+                       hashlib.sha256).hexdigest()
     return derived.encode()
 
 
@@ -248,8 +250,8 @@ def backoff_s(attempt: int, settings: Settings | None = None) -> float:
     """How long after try `attempt` the next one is due: 2^(attempt-1) s, capped at
     WEBHOOK_BACKOFF_MAX_S, with jitter (half to all of it) so that receivers coming back are
     not hit by every retry at once."""
-    s = settings or get_settings()
-    full = min(float(2 ** max(attempt - 1, 0)), s.webhook_backoff_max_s)
+    settings = settings or get_settings()
+    full = min(float(2 ** max(attempt - 1, 0)), settings.webhook_backoff_max_s)
     return full * random.uniform(0.5, 1.0)
 
 

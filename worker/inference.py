@@ -52,11 +52,11 @@ def configure_threads(settings: Settings | None = None) -> None:
     import cv2
     import tensorflow as tf
 
-    s = settings or get_settings()
+    settings = settings or get_settings()
     cv2.setNumThreads(1)
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(s.tf_intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(s.tf_inter_op_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
     except RuntimeError:  # TensorFlow already ran an op in this process: keep its pools
         log.warning("TensorFlow was initialised before its thread counts could be set")
 
@@ -89,8 +89,9 @@ def logits_batch(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     if "logits" not in model._explainers:
         model._explainers["logits"] = make_logits(model.model, mirror=model.mirror)
     fn = model._explainers["logits"]
-    return np.concatenate([fn(batch[s:s + MAX_BATCH]).numpy() for s in range(0, len(batch), MAX_BATCH)]
-                          or [np.zeros((0, len(CLASSES)), np.float32)])
+    chunks = [fn(batch[start:start + MAX_BATCH]).numpy()
+              for start in range(0, len(batch), MAX_BATCH)]
+    return np.concatenate(chunks or [np.zeros((0, len(CLASSES)), np.float32)])
 
 
 def _requested(class_index: ClassRequest, n: int) -> np.ndarray:

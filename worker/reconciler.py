@@ -85,13 +85,14 @@ def reconcile_once(send: Send, settings: Settings | None = None, *,
                    send_webhook: SendWebhook | None = None) -> PassReport:
     """One pass (see the module docstring); webhooks only with `send_webhook`. `send` raising
     leaves the rows as they were, so the next pass tries again."""
-    s = settings or get_settings()
+    settings = settings or get_settings()
     now = now or utcnow()
     report = PassReport()
-    _take_back_expired(s, now, report, send, notify)
-    _resend_unclaimed(s, now, age_s if age_s is not None else s.reconcile_age_s, report, send)
+    _take_back_expired(settings, now, report, send, notify)
+    _resend_unclaimed(settings, now, age_s if age_s is not None else settings.reconcile_age_s,
+                      report, send)
     if send_webhook is not None:
-        _reconcile_webhooks(s, now, report, send_webhook)
+        _reconcile_webhooks(settings, now, report, send_webhook)
     return report
 
 
@@ -99,19 +100,19 @@ def _target(row: WebhookDelivery) -> tuple[str, str]:
     return (row.scan_id, "scan") if row.scan_id else (str(row.batch_id), "batch")
 
 
-def _reconcile_webhooks(s: Settings, now: datetime, report: PassReport,
+def _reconcile_webhooks(settings: Settings, now: datetime, report: PassReport,
                         send: SendWebhook) -> None:
-    cutoff = now - timedelta(seconds=s.webhook_resend_age_s)
+    cutoff = now - timedelta(seconds=settings.webhook_resend_age_s)
     due: list[tuple[str, str]] = []
     with sync_session() as session:
         # Tries in flight on a worker that died: made, as far as we know; plan the next.
         stuck = session.scalars(select(WebhookDelivery).where(
             WebhookDelivery.state == SENDING,
-            WebhookDelivery.claimed_at < cutoff - timedelta(seconds=s.webhook_timeout_s))
+            WebhookDelivery.claimed_at < cutoff - timedelta(seconds=settings.webhook_timeout_s))
             .order_by(WebhookDelivery.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)).all()
         for row in stuck:
             row.state, row.error = DONE, INTERRUPTED
-            if row.attempt < s.webhook_max_attempts:
+            if row.attempt < settings.webhook_max_attempts:
                 session.add(pending_delivery(row.tenant_id, row.url, scan_id=row.scan_id,
                                              batch_id=row.batch_id, attempt=row.attempt + 1,
                                              now=now))
@@ -167,9 +168,9 @@ def _expired(now: datetime) -> Select[tuple[Scan]]:
     return query.order_by(Scan.id).limit(PASS_LIMIT).with_for_update(skip_locked=True)
 
 
-def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Send,
+def _take_back_expired(settings: Settings, now: datetime, report: PassReport, send: Send,
                        notify: pipeline.Notify | None) -> None:
-    last_chance = s.scan_max_lost_leases - 1
+    last_chance = settings.scan_max_lost_leases - 1
     # First the scans out of chances: failed alone, whatever the broker's state.
     with sync_session() as session:
         rows = session.scalars(_expired(now).where(Scan.lost_leases >= last_chance)).all()
@@ -194,7 +195,7 @@ def _take_back_expired(s: Settings, now: datetime, report: PassReport, send: Sen
             report.retried_alone = [r.id for r in rows]
 
 
-def _resend_unclaimed(s: Settings, now: datetime, age_s: float, report: PassReport,
+def _resend_unclaimed(settings: Settings, now: datetime, age_s: float, report: PassReport,
                       send: Send) -> None:
     cutoff = now - timedelta(seconds=age_s)
     last_sent = func.coalesce(Scan.enqueued_at, Scan.started_at, Scan.created_at)
@@ -214,7 +215,7 @@ def _resend_unclaimed(s: Settings, now: datetime, age_s: float, report: PassRepo
         fresh = [r.id for r in rows if r.lost_leases == 0]
         lost = [r.id for r in rows if r.lost_leases > 0]
         if fresh:
-            send(fresh, s.worker_batch_size)
+            send(fresh, settings.worker_batch_size)
         if lost:
             send(lost, 1)
         report.resent = fresh + lost

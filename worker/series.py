@@ -56,14 +56,14 @@ def finalize(series_id: str, now: datetime | None = None,
     Returns seconds to wait before asking again, or None when nothing is left to do. A series
     is complete at POST /v1/series/{id}/complete or DICOM_SERIES_SETTLE_S after its last
     instance."""
-    s = settings or get_settings()
+    settings = settings or get_settings()
     now = now or utcnow()
     with sync_session() as session:
         series = session.get(DicomSeries, series_id)
         if series is None or series.state in _FINAL:
             return None
         if series.completed_at is None:
-            settled = series.last_instance_at + timedelta(seconds=s.dicom_series_settle_s)
+            settled = series.last_instance_at + timedelta(seconds=settings.dicom_series_settle_s)
             if now < settled:
                 return max((settled - now).total_seconds(), 0.1)
         rows = session.execute(
@@ -79,7 +79,7 @@ def finalize(series_id: str, now: datetime | None = None,
         finding = combine([SliceResult(scan_id=r[1], instance_number=r[0], state=r[2],
                                        probabilities=r[3], error_code=r[4]) for r in rows])
         tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == series.tenant_id))
-        config = tenant_config(tenant_name or "", s)
+        config = tenant_config(tenant_name or "", settings)
         delivery = ("pending" if config and config.destination_url and finding.state == "succeeded"
                     else "not_configured")
         won = session.execute(update(DicomSeries).where(
@@ -101,18 +101,18 @@ def deliver(series_id: str, settings: Settings | None = None) -> dict[str, Any]:
     original study; returns the new SOP Instance UIDs. DeliveryError when worth retrying."""
     from worker import dicom_results as dr
 
-    s = settings or get_settings()
-    storage = get_storage(s)
+    settings = settings or get_settings()
+    storage = get_storage(settings)
     with sync_session() as session:
         series = session.get(DicomSeries, series_id)
         if series is None or series.delivery_state != "pending":
             return {}
         tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == series.tenant_id))
-        config = tenant_config(tenant_name or "", s)
+        config = tenant_config(tenant_name or "", settings)
         if series.reid is None:
             _mark(series_id, "failed", "The re-identification record has expired.")
             return {}
-        original = reid.unseal(series.tenant_id, series.reid, s)
+        original = reid.unseal(series.tenant_id, series.reid, settings)
         rows = session.execute(
             select(DicomInstance, Scan)
             .join(Scan, Scan.id == DicomInstance.scan_id)
@@ -122,7 +122,7 @@ def deliver(series_id: str, settings: Settings | None = None) -> dict[str, Any]:
         for inst, scan in rows:
             if inst.reid is None:
                 continue
-            uids = reid.unseal(series.tenant_id, inst.reid, s)
+            uids = reid.unseal(series.tenant_id, inst.reid, settings)
             src = dr.SourceSlice(uids["sop_uid"], uids["sop_class_uid"], inst.instance_number)
             slices.append(src)
             probs = scan.probabilities or {}
@@ -175,7 +175,7 @@ def deliver(series_id: str, settings: Settings | None = None) -> dict[str, Any]:
         _mark(series_id, "failed", f"The destination answered {answer.status_code}.")
         return {}
     _mark(series_id, "delivered", None, sent)
-    purge_expired(s)
+    purge_expired(settings)
     return sent
 
 

@@ -188,20 +188,20 @@ def _finish(claim: _Claim, status_code: int | None, error: str | None,
                                          due_in_s=retry_in_s))
 
 
-def _send(claim: _Claim, target_id: str, kind: str, s: Settings) -> int | None:
+def _send(claim: _Claim, target_id: str, kind: str, settings: Settings) -> int | None:
     """POST once; returns the status code (None: no answer or refused). Raises DeliveryFailed
     after planning the next try when one is worth making."""
     status_code: int | None = None
     error: str | None = None
     try:
-        body, with_names = _body(target_id, kind, s)
+        body, with_names = _body(target_id, kind, settings)
         # Checked again at delivery: DNS may now point somewhere we must not call.
-        checked = check_callback_url(claim.url, s)
+        checked = check_callback_url(claim.url, settings)
         assert checked is not None
         payload = build_payload(kind, body, include_filenames=with_names)
-        headers = signed_headers(payload, kind, s, delivery_id=delivery_id(kind, target_id),
+        headers = signed_headers(payload, kind, settings, delivery_id=delivery_id(kind, target_id),
                                  tenant_id=claim.tenant_id)
-        status_code = post(checked, payload, headers, s.webhook_timeout_s)
+        status_code = post(checked, payload, headers, settings.webhook_timeout_s)
     except InputError as exc:
         _finish(claim, None, exc.message, None)
         log.warning("webhook for %s %s refused: %s", kind, target_id, exc.code)
@@ -213,8 +213,8 @@ def _send(claim: _Claim, target_id: str, kind: str, s: Settings) -> int | None:
         error = f"{type(exc).__name__}: {exc}"
     if status_code is not None and not 200 <= status_code < 300:
         error = f"HTTP {status_code}"
-    again = bool(error) and retryable(status_code) and claim.attempt < s.webhook_max_attempts
-    retry_in_s = backoff_s(claim.attempt, s) if again else None
+    again = bool(error) and retryable(status_code) and claim.attempt < settings.webhook_max_attempts
+    retry_in_s = backoff_s(claim.attempt, settings) if again else None
     _finish(claim, status_code, error, retry_in_s)
     if retry_in_s is not None:
         raise DeliveryFailed(error or "", retry_in_s)
@@ -228,11 +228,11 @@ def deliver(target_id: str, kind: str, attempt: int | None = None,
     """One try: the target's next due one, or the one numbered `attempt` (made if missing).
     Returns the status code (None: nothing sent, no answer, or refused); raises
     DeliveryFailed when another try was planned."""
-    s = settings or get_settings()
+    settings = settings or get_settings()
     claim = _claim(target_id, kind, attempt)
     if claim is None:
         return None
-    return _send(claim, target_id, kind, s)
+    return _send(claim, target_id, kind, settings)
 
 
 @app.task(name=DELIVER_WEBHOOK, bind=True, max_retries=None)

@@ -100,11 +100,11 @@ def render_scan_report(scan: Any, original_png: bytes | None, overlay_png: bytes
                        model_card: dict[str, Any] | None, *,
                        include_filename: bool = False) -> bytes:
     """One scan as a PDF: result, images, probabilities, gate, model, references, disclaimer."""
-    s = as_plain_dict(scan)
+    scan = as_plain_dict(scan)
     story: list[Any] = [Paragraph("NeuroScan — brain MRI AI triage report", _STYLES["Title"]),
                         _p(escape(DISCLAIMER), _WARN), Spacer(1, 0.3 * cm)]
-    prediction, error = s.get("prediction") or None, s.get("error") or None
-    if s.get("state") == "succeeded" and prediction:
+    prediction, error = scan.get("prediction") or None, scan.get("error") or None
+    if scan.get("state") == "succeeded" and prediction:
         label, conf = prediction["label"], float(prediction["confidence"])
         band = confidence_band(conf)
         story += [Paragraph(f"Predicted class: <b>{escape(DISPLAY_NAMES.get(label, label))}</b> "
@@ -112,17 +112,17 @@ def render_scan_report(scan: Any, original_png: bytes | None, overlay_png: bytes
                   _p(f'Confidence band: <font color="{_BAND_COLOURS[band]}"><b>{band}</b></font> '
                      "(High &gt;= 90%, Review 70–90%, Expert review required &lt; 70%)",
                      _STYLES["Normal"])]
-    elif s.get("state") == "failed":
+    elif scan.get("state") == "failed":
         code, msg = (error or {}).get("code", "unknown"), (error or {}).get("message", "")
         story += [Paragraph("Analysis failed: no prediction was made", _STYLES["Heading2"]),
                   _p(f"Reason: {_text(msg)} Error code: <b>{_text(code)}</b>.",
                      _STYLES["Normal"])]
     else:
-        story.append(Paragraph(f"Scan is {_text(s.get('state'))}: no result yet.",
+        story.append(Paragraph(f"Scan is {_text(scan.get('state'))}: no result yet.",
                                _STYLES["Heading2"]))
     story.append(Spacer(1, 0.3 * cm))
     width = 6.6 * cm
-    explanation = s.get("explanation") or None
+    explanation = scan.get("explanation") or None
     caption = (f"Grad-CAM overlay: {escape(explanation['title'])}" if explanation
                else "Grad-CAM overlay")
     images = Table([[_image(original_png, "Original (as submitted, de-identified)", width),
@@ -136,9 +136,9 @@ def render_scan_report(scan: Any, original_png: bytes | None, overlay_png: bytes
         story += [Paragraph("Class probabilities", _STYLES["Heading3"]),
                   _bar_chart(prediction.get("probabilities") or {})]
     story += [Paragraph("Details", _STYLES["Heading3"]),
-              _details_table(s, model_card, include_filename)]
+              _details_table(scan, model_card, include_filename)]
     buf = io.BytesIO()
-    _doc(buf, f"NeuroScan report {s.get('id', '')}").build(
+    _doc(buf, f"NeuroScan report {scan.get('id', '')}").build(
         story, onFirstPage=_footer, onLaterPages=_footer)
     return buf.getvalue()
 
@@ -151,17 +151,17 @@ def _gate_text(gate: dict[str, Any] | None) -> str:
     return f"{outcome} ({_text(gate.get('code'))})" + (f": {_text(reason)}" if reason else "")
 
 
-def _details_table(s: dict[str, Any], card: dict[str, Any] | None,
+def _details_table(scan: dict[str, Any], card: dict[str, Any] | None,
                    include_filename: bool = False) -> Table:
-    model = s.get("model") or {}
+    model = scan.get("model") or {}
     rows: list[tuple[str, str]] = [
-        ("Scan ID", _text(s.get("id"))), ("Patient reference", _text(s.get("patient_ref"))),
-        ("Study reference", _text(s.get("study_ref"))), ("Batch", _text(s.get("batch_id"))),
-        ("File", f"{_file_name(s, include_filename)} ({_text(s.get('format'))}, "
-                 f"{_text(s.get('size_bytes'))} bytes)"),
-        ("Input gate", _gate_text(s.get("gate"))), ("State", _text(s.get("state"))),
-        ("Submitted", _text(s.get("created_at"))), ("Started", _text(s.get("started_at"))),
-        ("Finished", _text(s.get("finished_at"))),
+        ("Scan ID", _text(scan.get("id"))), ("Patient reference", _text(scan.get("patient_ref"))),
+        ("Study reference", _text(scan.get("study_ref"))), ("Batch", _text(scan.get("batch_id"))),
+        ("File", f"{_file_name(scan, include_filename)} ({_text(scan.get('format'))}, "
+                 f"{_text(scan.get('size_bytes'))} bytes)"),
+        ("Input gate", _gate_text(scan.get("gate"))), ("State", _text(scan.get("state"))),
+        ("Submitted", _text(scan.get("created_at"))), ("Started", _text(scan.get("started_at"))),
+        ("Finished", _text(scan.get("finished_at"))),
         ("Model", f"{_text(model.get('name') or (card or {}).get('name'))} version "
                   f"{_text(model.get('version') or (card or {}).get('version'))}"),
         ("Model SHA-256", _text(model.get("sha256") or ((card or {}).get("weights") or {}).get("sha256"))),

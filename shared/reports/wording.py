@@ -17,8 +17,8 @@ DISCLAIMER = ("For research use only. Not for diagnostic use. All results must b
 
 def read_model_card(name: str | None = None, settings: Settings | None = None) -> dict[str, Any] | None:
     """`<MODEL_DIR>/<name>.card.json`, or None when it is missing or unreadable."""
-    s = settings or get_settings()
-    path = Path(s.model_dir) / f"{name or s.model_name}.card.json"
+    settings = settings or get_settings()
+    path = Path(settings.model_dir) / f"{name or settings.model_name}.card.json"
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

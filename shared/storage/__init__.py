@@ -16,26 +16,27 @@ __all__ = ["Folder", "LocalStorage", "Storage", "StorageError", "get_storage", "
            "topology_problem"]
 
 
-def topology_problem(s: Settings) -> str | None:
+def topology_problem(settings: Settings) -> str | None:
     """Why this storage cannot serve the deployment described, or None when it can.
 
     Local disk is one host's disk: with workers or API replicas on other hosts, a heatmap
     written by a worker there is a 404 here. Refusing to start is kinder than broken links.
     """
-    if s.deployment_hosts > 1 and s.cloudinary is None and not s.media_dir_shared:
-        return (f"DEPLOYMENT_HOSTS={s.deployment_hosts} but images would go to local disk "
-                f"({s.media_dir}), which the other hosts cannot read: set CLOUDINARY_URL, or "
-                "mount MEDIA_DIR on every host and set MEDIA_DIR_SHARED=true "
+    if (settings.deployment_hosts > 1 and settings.cloudinary is None
+            and not settings.media_dir_shared):
+        return (f"DEPLOYMENT_HOSTS={settings.deployment_hosts} but images would go to local "
+                f"disk ({settings.media_dir}), which the other hosts cannot read: set "
+                "CLOUDINARY_URL, or mount MEDIA_DIR on every host and set MEDIA_DIR_SHARED=true "
                 "(docs/operations.md, Scaling)")
     return None
 
 
 def get_storage(settings: Settings | None = None) -> Storage:
     """Cloudinary when it is configured, local disk otherwise."""
-    s = settings or get_settings()
-    if s is get_settings():
+    settings = settings or get_settings()
+    if settings is get_settings():
         return _configured_storage()
-    return _build(s)
+    return _build(settings)
 
 
 @lru_cache(maxsize=1)
@@ -43,10 +44,11 @@ def _configured_storage() -> Storage:
     return _build(get_settings())
 
 
-def _build(s: Settings) -> Storage:
-    creds = s.cloudinary
+def _build(settings: Settings) -> Storage:
+    creds = settings.cloudinary
     if creds:
         from shared.storage.cloudinary_store import CloudinaryStorage  # SDK only when used
 
-        return CloudinaryStorage(creds, upload_prefix=s.cloudinary_upload_prefix)
-    return LocalStorage(s.media_dir, secret_key=s.secret_key, public_base_url=s.public_base_url)
+        return CloudinaryStorage(creds, upload_prefix=settings.cloudinary_upload_prefix)
+    return LocalStorage(settings.media_dir, secret_key=settings.secret_key,
+                        public_base_url=settings.public_base_url)
