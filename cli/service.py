@@ -189,8 +189,6 @@ def serve(
         deadline = time.monotonic() + WORKER_STOP_S
         for worker in workers:
             worker.stop(max(0.0, deadline - time.monotonic()))
-    if not server.started and not stopping.is_set():
-        raise typer.Exit(3)  # the API could not start (port taken, app import failed)
 
 
 class _SupervisedWorker:
@@ -231,7 +229,7 @@ class _SupervisedWorker:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = WORKER_STOP_S) -> None:
         """Wait up to TIMEOUT seconds for a warm shutdown, then SIGKILL."""
         self.terminate()
         with self._lock:

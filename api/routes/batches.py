@@ -65,7 +65,8 @@ async def create_batch(
                 try:
                     data = await intake.read_limited(upload, settings.max_upload_bytes)
                 except InputError:
-                    asked.append((upload.filename, "too-large"))
+                    if key:
+                        asked.append((upload.filename, "too-large"))
                     raise
                 if key:
                     asked.append((upload.filename, hashlib.sha256(data).hexdigest()))
