@@ -17,14 +17,48 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-PROJECT=${CI_COMPOSE_PROJECT:-neuroscan-ci}
-export NEUROSCAN_TAG=ci
-export CI_PG_PORT=${CI_PG_PORT:-55432} CI_REDIS_PORT=${CI_REDIS_PORT:-56379}
-export CI_API_PORT=${CI_API_PORT:-57860} CI_FLOWER_PORT=${CI_FLOWER_PORT:-55555}
-API=http://127.0.0.1:$CI_API_PORT
-FLOWER=http://127.0.0.1:$CI_FLOWER_PORT
-N_SCANS=20
 PY=${PY:-$ROOT/.venv/bin/python}
+# A project of its own per run: another run on the same Docker daemon (a concurrent CI job, or
+# one cut short whose containers linger) is neither disturbed by this one nor in its way.
+PROJECT=${CI_COMPOSE_PROJECT:-neuroscan-ci-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}
+export NEUROSCAN_TAG=ci
+# Loopback ports for PostgreSQL, Redis, the API and Flower: free ones, chosen now, below the
+# kernel's ephemeral range (32768-60999 by default), where an outgoing connection could take a
+# fixed port between this check and the container's bind. A port given in the environment is
+# used as given, and refused at once if something already listens there.
+pick_ports() {
+  "$PY" - "${CI_PG_PORT:-}" "${CI_REDIS_PORT:-}" "${CI_API_PORT:-}" "${CI_FLOWER_PORT:-}" <<'PY'
+import random
+import socket
+import sys
+
+def free(port):
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+taken, chosen = set(), []
+for given in sys.argv[1:]:
+    if given:
+        if not free(int(given)):
+            sys.exit(f"port {given} (from the environment) is in use on 127.0.0.1")
+        chosen.append(int(given))
+        continue
+    for _ in range(500):
+        port = random.randrange(20000, min(low, 32768))
+        if port not in taken and free(port):
+            break
+    else:
+        sys.exit("no free loopback port found in 500 tries")
+    taken.add(port)
+    chosen.append(port)
+print(*chosen)
+PY
+}
 export DOCKER_BUILDKIT=0  # the classic builder: --network host without entitlements
 
 T0=$(date +%s)
@@ -33,6 +67,14 @@ PASSED=0
 passed() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 log() { printf '[compose-smoke %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
+
+PORTS=$(pick_ports) || { rm -rf "$WORK"; echo "compose: 0 passed, 1 failed"; exit 1; }
+read -r CI_PG_PORT CI_REDIS_PORT CI_API_PORT CI_FLOWER_PORT <<<"$PORTS"
+export CI_PG_PORT CI_REDIS_PORT CI_API_PORT CI_FLOWER_PORT
+API=http://127.0.0.1:$CI_API_PORT
+FLOWER=http://127.0.0.1:$CI_FLOWER_PORT
+N_SCANS=20
+log "project $PROJECT; loopback ports: postgres $CI_PG_PORT, redis $CI_REDIS_PORT, api $CI_API_PORT, flower $CI_FLOWER_PORT"
 step() { STEP_T=$(date +%s); log "$*"; }
 took() { log "  ... $1 took $(( $(date +%s) - STEP_T ))s"; echo "$1 $(( $(date +%s) - STEP_T ))" >>"$WORK/timings"; }
 
@@ -173,7 +215,7 @@ LOG_LEVEL=INFO
 ENV
 set -a; . "$WORK/ci.env"; set +a
 compose_cmd
-dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true  # a previous run cut short
+dc down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true  # the same project given twice
 
 # --- 2. Images ----------------------------------------------------------------------------
 step "base images (stand-ins built from Debian packages)"
