@@ -22,43 +22,6 @@ PY=${PY:-$ROOT/.venv/bin/python}
 # one cut short whose containers linger) is neither disturbed by this one nor in its way.
 PROJECT=${CI_COMPOSE_PROJECT:-neuroscan-ci-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}
 export NEUROSCAN_TAG=ci
-# Loopback ports for PostgreSQL, Redis, the API and Flower: free ones, chosen now, below the
-# kernel's ephemeral range (32768-60999 by default), where an outgoing connection could take a
-# fixed port between this check and the container's bind. A port given in the environment is
-# used as given, and refused at once if something already listens there.
-pick_ports() {
-  "$PY" - "${CI_PG_PORT:-}" "${CI_REDIS_PORT:-}" "${CI_API_PORT:-}" "${CI_FLOWER_PORT:-}" <<'PY'
-import random
-import socket
-import sys
-
-def free(port):
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-taken, chosen = set(), []
-for given in sys.argv[1:]:
-    if given:
-        if not free(int(given)):
-            sys.exit(f"port {given} (from the environment) is in use on 127.0.0.1")
-        chosen.append(int(given))
-        continue
-    for _ in range(500):
-        port = random.randrange(20000, min(low, 32768))
-        if port not in taken and free(port):
-            break
-    else:
-        sys.exit("no free loopback port found in 500 tries")
-    taken.add(port)
-    chosen.append(port)
-print(*chosen)
-PY
-}
 export DOCKER_BUILDKIT=0  # the classic builder: --network host without entitlements
 
 T0=$(date +%s)
@@ -67,16 +30,23 @@ PASSED=0
 passed() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 log() { printf '[compose-smoke %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
+step() { STEP_T=$(date +%s); log "$*"; }
+took() { log "  ... $1 took $(( $(date +%s) - STEP_T ))s"; echo "$1 $(( $(date +%s) - STEP_T ))" >>"$WORK/timings"; }
 
-PORTS=$(pick_ports) || { rm -rf "$WORK"; echo "compose: 0 passed, 1 failed"; exit 1; }
-read -r CI_PG_PORT CI_REDIS_PORT CI_API_PORT CI_FLOWER_PORT <<<"$PORTS"
-export CI_PG_PORT CI_REDIS_PORT CI_API_PORT CI_FLOWER_PORT
+# Loopback ports for PostgreSQL, Redis, the API and Flower: the first free one of a range each
+# (tests.support.stack.free_port), clear of the test suite's ranges and below the kernel's
+# ephemeral range (32768-60999), where fixed ports can be held by anything on the machine.
+# Ports given in the environment are used as given.
+read -r pg redis api flower < <("$PY" -c '
+from tests.support.stack import free_port
+print(*(free_port(low, low + 999) for low in (21000, 22000, 23000, 24000)))') \
+  || { rm -rf "$WORK"; echo "compose: 0 passed, 1 failed"; exit 1; }
+export CI_PG_PORT=${CI_PG_PORT:-$pg} CI_REDIS_PORT=${CI_REDIS_PORT:-$redis}
+export CI_API_PORT=${CI_API_PORT:-$api} CI_FLOWER_PORT=${CI_FLOWER_PORT:-$flower}
 API=http://127.0.0.1:$CI_API_PORT
 FLOWER=http://127.0.0.1:$CI_FLOWER_PORT
 N_SCANS=20
 log "project $PROJECT; loopback ports: postgres $CI_PG_PORT, redis $CI_REDIS_PORT, api $CI_API_PORT, flower $CI_FLOWER_PORT"
-step() { STEP_T=$(date +%s); log "$*"; }
-took() { log "  ... $1 took $(( $(date +%s) - STEP_T ))s"; echo "$1 $(( $(date +%s) - STEP_T ))" >>"$WORK/timings"; }
 
 # --- 1. Docker --------------------------------------------------------------------------
 STARTED_DOCKERD=""
